@@ -1,0 +1,94 @@
+"""Load a resolved snapshot as a model and tokenizer: device, dtype, and bitsandbytes quantization.
+
+Weights load from safetensors only and ``trust_remote_code`` is never set: a snapshot is data, not
+code to run.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.config import QuantizationSection
+from harness.errors import AdapterError, ModelResolutionError
+
+BNB_4BIT_BLOCK_SIZE = 64  # what transformers' bitsandbytes integration quantizes 4-bit weights with
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise ModelResolutionError("training.device: cuda was asked for, but torch sees no CUDA device")
+    if preference == "auto":
+        preference = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(preference)
+
+
+def pick_dtype(preference: str, device: torch.device) -> torch.dtype:
+    """``auto`` is bf16 on a GPU that supports it and fp32 on CPU (bf16 matmuls are slow there)."""
+    if preference != "auto":
+        return getattr(torch, preference)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(snapshot: str | Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(snapshot))
+
+
+def bitsandbytes_config(quantization: QuantizationSection, compute_dtype: torch.dtype) -> Any:
+    """The BitsAndBytesConfig for a QLoRA run, or a clear error for what bitsandbytes cannot do."""
+    from transformers import BitsAndBytesConfig
+
+    if quantization.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if quantization.block_size != BNB_4BIT_BLOCK_SIZE:
+        raise AdapterError(
+            f"quantization.block_size: bitsandbytes {_version('bitsandbytes')} quantizes 4-bit weights in "
+            f"blocks of {BNB_4BIT_BLOCK_SIZE} only through transformers; got {quantization.block_size}"
+        )
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quantization.quant_type,
+        bnb_4bit_use_double_quant=quantization.double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+def load_model(
+    snapshot: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    quantization: QuantizationSection | None = None,
+) -> Any:
+    """Load a causal LM from a snapshot; ``quantization`` loads it 4- or 8-bit for QLoRA."""
+    from transformers import AutoModelForCausalLM
+
+    snapshot = Path(snapshot)
+    if not any(snapshot.glob("*.safetensors")):
+        pickles = sorted(p.name for p in snapshot.glob("*") if p.suffix in (".bin", ".pt", ".pth"))
+        found = f" (found pickle files {', '.join(pickles)}, which are never loaded)" if pickles else ""
+        raise ModelResolutionError(f"{snapshot}: no *.safetensors weights{found}")
+    device = torch.device(device)
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, "attn_implementation": "sdpa"}
+    if quantization is not None:
+        compute = dtype if quantization.compute_dtype == "auto" else getattr(torch, quantization.compute_dtype)
+        kwargs["quantization_config"] = bitsandbytes_config(quantization, compute)
+        kwargs["device_map"] = {"": device}
+    model = AutoModelForCausalLM.from_pretrained(str(snapshot), **kwargs)
+    if quantization is None:
+        model.to(device)
+    return model
