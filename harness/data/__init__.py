@@ -1,0 +1,1 @@
+"""Instruction data: sources, prompt formatting and masking, batching, and the built-in task set."""

@@ -1,0 +1,60 @@
+"""Compose a run from its config: resolve -> load -> adapter -> data, ready for the Trainer.
+
+This is the one place that wires the modules together (torchtune calls it a recipe); the CLI's
+``train`` and the validation checks both start here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from harness.adapters import AdapterSummary, build_adapter
+from harness.config import RunConfig
+from harness.data.formatting import PreparedData, pad_token_id, prepare_data
+from harness.loading import load_model, load_tokenizer, pick_device, pick_dtype
+from harness.model_info import ModelInfo
+from harness.resolve import ResolvedModel, resolve_model
+from harness.training import Trainer
+
+
+@dataclass
+class Run:
+    config: RunConfig
+    resolved: ResolvedModel
+    info: ModelInfo
+    tokenizer: Any
+    device: torch.device
+    dtype: torch.dtype
+    data: PreparedData
+    model: Any = None
+    adapter: AdapterSummary | None = None
+
+    def load_base(self) -> Any:
+        """A fresh copy of the base model as this run loads it (quantized for QLoRA)."""
+        quantization = self.config.quantization if self.config.adapter == "qlora" else None
+        return load_model(self.resolved.path, device=self.device, dtype=self.dtype, quantization=quantization)
+
+    def build(self) -> Any:
+        """Load the base model and wrap it with the configured adapter (seeded, so LoRA init repeats)."""
+        torch.manual_seed(self.config.seed)
+        self.model, self.adapter = build_adapter(self.load_base(), self.config, self.info, self.resolved.served_as)
+        return self.model
+
+    def trainer(self, output_dir: str | None = None, **kwargs: Any) -> Trainer:
+        return Trainer(self.model, self.config, self.data.train, self.data.validation,
+                       pad_id=pad_token_id(self.tokenizer), device=self.device,
+                       output_dir=output_dir or self.config.output_dir, **kwargs)
+
+
+def prepare_run(config: RunConfig) -> Run:
+    """Resolve the model, read its config and tokenizer, and prepare the data (no weights loaded yet)."""
+    resolved = resolve_model(config.base_model)
+    info = ModelInfo.from_config(resolved.path)
+    tokenizer = load_tokenizer(resolved.path)
+    device = pick_device(config.training.device)
+    dtype = pick_dtype(config.training.dtype, device)
+    data = prepare_data(config.dataset, tokenizer, config.seed)
+    return Run(config, resolved, info, tokenizer, device, dtype, data)

@@ -1,0 +1,358 @@
+"""The training step and the Trainer: accumulation, schedule, clipping, eval, checkpoints, resume.
+
+Loss is the summed next-token cross-entropy over target tokens divided by the number of target tokens
+in the whole accumulated batch, so ``batch 4`` and ``batch 2 x accumulation 2`` give the same update.
+Only target positions go through the LM head (about half of alpaca tokens are prompt), in chunks, so
+the full [tokens x vocab] logits are never held at once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from harness.checkpoint import (
+    CHECKPOINT_PREFIX, TrainingState, list_checkpoints, load_training_state, save_checkpoint, verify_checkpoint,
+)
+from harness.config import RunConfig
+from harness.data.batching import Batch, epoch_batches
+from harness.data.formatting import IGNORE_INDEX, Example
+from harness.errors import CheckpointError, TrainingError
+
+METRICS_FILE = "metrics.jsonl"
+LOSS_CHUNK_TOKENS = 2048
+
+
+# ---------------------------------------------------------------- schedule
+
+def warmup_steps_for(total_steps: int, warmup_ratio: float) -> int:
+    return math.ceil(total_steps * warmup_ratio)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str) -> float:
+    """Multiplier of the base learning rate used by optimizer step ``step`` (0-based).
+
+    Warmup: (step + 1) / warmup_steps, so the first step already learns. Then, with
+    progress = (step - warmup_steps) / (total_steps - warmup_steps): linear 1 - progress,
+    cosine 0.5 (1 + cos(pi progress)), constant 1.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    if kind == "linear":
+        return max(0.0, 1.0 - progress)
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return 1.0
+
+
+# ---------------------------------------------------------------- loss and step
+
+def _unwrap(model: Any) -> Any:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def loss_sum_and_count(model: Any, batch: Batch, *, recompute_logits: bool = False) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over target tokens, and their number."""
+    base = _unwrap(model)
+    inputs = {k: v for k, v in batch.inputs.items() if k != "labels"}
+    hidden = base.model(**inputs, use_cache=False).last_hidden_state[:, :-1]
+    labels = batch.inputs["labels"][:, 1:]
+    selected = labels != IGNORE_INDEX
+    hidden, targets = hidden[selected], labels[selected]
+    head = base.get_output_embeddings()
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, targets.numel(), LOSS_CHUNK_TOKENS):
+        piece = (hidden[start:start + LOSS_CHUNK_TOKENS], targets[start:start + LOSS_CHUNK_TOKENS])
+        if recompute_logits and torch.is_grad_enabled():
+            total = total + checkpoint(_chunk_loss, head, *piece, use_reentrant=False)
+        else:
+            total = total + _chunk_loss(head, *piece)
+    return total, int(targets.numel())
+
+
+def _chunk_loss(head: Any, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+@dataclass
+class StepResult:
+    loss: float
+    num_targets: int
+    num_tokens: int
+    grad_norm: float
+
+
+def training_step(
+    model: Any, micro_batches: list[Batch] | Batch, optimizer: torch.optim.Optimizer | None = None, *,
+    max_grad_norm: float = math.inf, device: torch.device | str | None = None, recompute_logits: bool = False,
+) -> StepResult:
+    """One optimizer step over one or more micro batches (gradient accumulation).
+
+    Returns the token-normalized loss, the target/real token counts and the pre-clip gradient norm;
+    raises TrainingError if the loss or the gradient is not finite (the weights are left untouched)."""
+    batches = [micro_batches] if isinstance(micro_batches, Batch) else micro_batches
+    total_targets = sum(b.num_targets for b in batches)
+    if total_targets == 0:
+        raise TrainingError("batch has no target tokens (every label is masked)")
+    device = device or next(model.parameters()).device
+    loss_total = 0.0
+    for batch in batches:
+        loss_sum, _count = loss_sum_and_count(model, batch.to(device), recompute_logits=recompute_logits)
+        (loss_sum / total_targets).backward()
+        loss_total += float(loss_sum.detach())
+    loss = loss_total / total_targets
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm))
+    if not math.isfinite(loss) or not math.isfinite(grad_norm):
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+        what = "loss" if not math.isfinite(loss) else "gradient norm"
+        raise TrainingError(f"{what} is {loss if what == 'loss' else grad_norm}")
+    if optimizer is not None:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return StepResult(loss, total_targets, sum(b.num_tokens for b in batches), grad_norm)
+
+
+@torch.no_grad()
+def evaluate_loss(model: Any, batches: list[Batch], device: torch.device | str) -> float:
+    """Mean next-token loss per target token over ``batches``."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch in batches:
+        loss_sum, n = loss_sum_and_count(model, batch.to(device))
+        total, count = total + float(loss_sum), count + n
+    model.train(was_training)
+    return total / max(1, count)
+
+
+def build_optimizer(model: Any, learning_rate: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; weight decay only on matrices (not on norms or biases); fused kernels on CUDA."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        (no_decay if parameter.ndim < 2 or "norm" in name or name.endswith(".bias") else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=learning_rate, fused=device.type == "cuda")
+
+
+def memory_mb(device: torch.device) -> float:
+    """Peak memory: allocated on the GPU, resident set size of the process on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------- trainer
+
+@dataclass
+class StepRecord:
+    step: int
+    epoch: int
+    loss: float
+    lr: float
+    grad_norm: float
+    tokens: int
+    target_tokens: int
+    seconds: float
+    tokens_per_s: float
+    memory_mb: float
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    history: list[StepRecord]
+    evals: list[dict[str, float]]
+    total_steps: int
+    warmup_steps: int
+    steps_per_epoch: int
+    epochs_planned: int
+    epochs_completed: int
+    checkpoints: list[Path] = field(default_factory=list)
+    resumed_from: int = 0
+
+
+class Trainer:
+    """Runs ``config.training`` over prepared data, writing metrics and checkpoints to ``output_dir``."""
+
+    def __init__(self, model: Any, config: RunConfig, train: list[Example], validation: list[Example], *,
+                 pad_id: int, device: torch.device, output_dir: str | Path,
+                 on_step: Callable[[StepRecord], None] | None = None) -> None:
+        self.model, self.config, self.training = model, config, config.training
+        self.train_examples, self.validation_examples = train, validation
+        self.pad_id, self.device, self.output_dir = pad_id, device, Path(output_dir)
+        self.on_step = on_step
+        self.accumulation = self.training.gradient_accumulation_steps
+        micro_per_epoch = len(self._epoch_plan(0))
+        self.steps_per_epoch = math.ceil(micro_per_epoch / self.accumulation)
+        self.total_steps = self.training.max_steps or self.steps_per_epoch * self.training.epochs
+        self.epochs_planned = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.warmup_steps = warmup_steps_for(self.total_steps, self.training.warmup_ratio)
+        self.optimizer = build_optimizer(model, self.training.learning_rate, self.training.weight_decay, device)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, self.total_steps, self.warmup_steps, self.training.lr_scheduler))
+        self.eval_batches = epoch_batches(
+            validation, batch_size=self.training.batch_size, max_length=config.dataset.max_length, pad_id=pad_id,
+            seed=config.seed, epoch=0, shuffle=False)[: self.training.eval_batches] if validation else []
+
+    def _epoch_plan(self, epoch: int) -> list[Batch]:
+        return epoch_batches(
+            self.train_examples, batch_size=self.training.batch_size, max_length=self.config.dataset.max_length,
+            pad_id=self.pad_id, seed=self.config.seed, epoch=epoch, packing=self.training.packing,
+            group_by_length=self.training.group_by_length, pad_to_multiple_of=8 if self.device.type == "cuda" else None)
+
+    # -- persistence
+
+    def _metrics(self, record: dict[str, Any]) -> None:
+        with (self.output_dir / METRICS_FILE).open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+
+    def _truncate_metrics(self, step: int) -> None:
+        """On resume, drop logged lines past the checkpoint: they will be produced again."""
+        path = self.output_dir / METRICS_FILE
+        if path.is_file():
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    def _save(self, step: int, epoch: int, batch_in_epoch: int) -> Path:
+        state = TrainingState(step, epoch, batch_in_epoch, self.optimizer.state_dict(), self.scheduler.state_dict(),
+                              _rng_state(), {"total_steps": self.total_steps, "seed": self.config.seed})
+        return save_checkpoint(self.model, self.output_dir / f"{CHECKPOINT_PREFIX}{step:06d}", state)
+
+    def _restore(self, checkpoint_dir: Path) -> TrainingState:
+        state = load_training_state(checkpoint_dir)
+        if state.extra.get("total_steps") != self.total_steps:
+            raise CheckpointError(f"{checkpoint_dir}: planned for {state.extra.get('total_steps')} steps, this run "
+                                  f"plans {self.total_steps}; resume with the same config")
+        load_weights_into(self.model, checkpoint_dir)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.scheduler.load_state_dict(state.scheduler)
+        _set_rng_state(state.rng)
+        return state
+
+    # -- the loop
+
+    def train(self, resume_from: str | Path | None = None) -> TrainResult:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        step, epoch, batch_in_epoch = 0, 0, 0
+        if resume_from is not None:
+            state = self._restore(Path(resume_from))
+            step, epoch, batch_in_epoch = state.step, state.epoch, state.batch_in_epoch
+            self._truncate_metrics(step)
+        else:
+            torch.manual_seed(self.config.seed)
+            random.seed(self.config.seed)
+        result = TrainResult(self.output_dir, [], [], self.total_steps, self.warmup_steps, self.steps_per_epoch,
+                             self.epochs_planned, epoch, resumed_from=step)
+        self.model.train()
+        progress = _progress(self.total_steps, step)
+        recompute = self.training.gradient_checkpointing
+        last_good = None
+        plan = self._epoch_plan(epoch)
+        while step < self.total_steps:
+            start = batch_in_epoch * self.accumulation
+            if start >= len(plan):
+                epoch, batch_in_epoch = epoch + 1, 0
+                self._metrics({"type": "epoch_end", "step": step, "epoch": epoch})
+                plan = self._epoch_plan(epoch)
+                continue
+            group = plan[start:start + self.accumulation]
+            lr = self.optimizer.param_groups[0]["lr"]
+            began = time.perf_counter()
+            try:
+                outcome = training_step(self.model, group, self.optimizer, max_grad_norm=self.training.max_grad_norm,
+                                        device=self.device, recompute_logits=recompute)
+            except TrainingError as exc:
+                kept = f"last good checkpoint: {last_good}" if last_good else "no checkpoint was saved yet"
+                self._metrics({"type": "error", "step": step + 1, "error": str(exc)})
+                raise TrainingError(f"step {step + 1}: {exc}; stopped, {kept}") from None
+            self.scheduler.step()
+            seconds = time.perf_counter() - began
+            step, batch_in_epoch = step + 1, batch_in_epoch + 1
+            record = StepRecord(step, epoch, outcome.loss, lr, outcome.grad_norm, outcome.num_tokens,
+                                outcome.num_targets, seconds, outcome.num_tokens / seconds, memory_mb(self.device))
+            result.history.append(record)
+            self._metrics({"type": "train", **asdict(record)})
+            progress.update(1)
+            progress.set_postfix(loss=f"{outcome.loss:.3f}", lr=f"{lr:.2e}")
+            if self.on_step:
+                self.on_step(record)
+            if self.training.eval_steps and self.eval_batches and step % self.training.eval_steps == 0:
+                eval_loss = evaluate_loss(self.model, self.eval_batches, self.device)
+                result.evals.append({"step": step, "eval_loss": eval_loss})
+                self._metrics({"type": "eval", "step": step, "eval_loss": eval_loss})
+            if step % self.training.save_steps == 0 or step == self.total_steps:
+                last_good = self._save(step, epoch, batch_in_epoch)
+                result.checkpoints.append(last_good)
+        progress.close()
+        finished_epoch = batch_in_epoch * self.accumulation >= len(plan)
+        result.epochs_completed = epoch + 1 if finished_epoch else epoch
+        if finished_epoch:
+            self._metrics({"type": "epoch_end", "step": step, "epoch": epoch + 1})
+        return result
+
+
+def _progress(total: int, initial: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", disable=not sys.stderr.isatty(),
+                dynamic_ncols=True)
+
+
+def load_weights_into(model: Any, checkpoint_dir: str | Path) -> None:
+    """Load a checkpoint's trained weights into an already-built model (adapter or full)."""
+    from safetensors.torch import load_file
+
+    checkpoint_dir = Path(checkpoint_dir)
+    verify_checkpoint(checkpoint_dir)
+    adapter = checkpoint_dir / "adapter_model.safetensors"
+    if adapter.is_file():
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, load_file(str(adapter)))
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise CheckpointError(f"{adapter}: {len(unexpected)} tensors do not belong to this model, e.g. {unexpected[0]}")
+        return
+    full = checkpoint_dir / "model.safetensors"
+    if not full.is_file():
+        raise CheckpointError(f"{checkpoint_dir}: no adapter_model.safetensors or model.safetensors")
+    model.load_state_dict(load_file(str(full)), strict=False)
+
+
+def find_resume_checkpoint(output_dir: str | Path) -> Path:
+    checkpoints = list_checkpoints(output_dir)
+    if not checkpoints:
+        raise CheckpointError(f"{output_dir}: no complete checkpoint to resume from")
+    return checkpoints[-1]
