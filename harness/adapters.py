@@ -123,3 +123,14 @@ def check_lora_shapes(model: Any, info: ModelInfo, r: int) -> int:
     if checked != info.num_layers * len(leaves) or not checked:
         raise AdapterError(f"found {checked} LoRA layers, expected {info.num_layers} layers x {len(leaves)} targets")
     return checked
+
+
+def merge_adapter(peft_model: Any) -> Any:
+    """Fold the LoRA weights into the base weights and return the plain model.
+
+    The base must be unquantized: for a QLoRA adapter, load the base in bf16/fp32 (the dequantized
+    weights) and the adapter onto it, then merge."""
+    base = peft_model.get_base_model()
+    if getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False):
+        raise AdapterError("merge_adapter: load the base model unquantized (the dequantized weights) before merging")
+    return peft_model.merge_and_unload()

@@ -108,8 +108,12 @@ def _publish(staging: Path, target: Path) -> None:
 
 
 def save_weights(model: Any, directory: Path) -> None:
-    """PEFT adapter files for a PeftModel, else the full model (safetensors either way)."""
-    model.save_pretrained(str(directory), safe_serialization=True)
+    """PEFT adapter files for a PeftModel, else the full model (safetensors either way). Embedding
+    layers are never adapted here, so PEFT is told not to look them up on the hub."""
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(str(directory), safe_serialization=True, save_embedding_layers=False)
+    else:
+        model.save_pretrained(str(directory), safe_serialization=True)
 
 
 @dataclass
@@ -141,6 +145,23 @@ def save_checkpoint(model: Any, directory: str | Path, state: TrainingState | No
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return directory
+
+
+def export_adapter(model: Any, output_dir: str | Path) -> Path:
+    """Write the final weights (+ manifest) straight into ``output_dir``, where users and the research
+    document's Phase 4 look for them. Files are staged, then renamed in one at a time with the manifest
+    last, so a crash leaves either the old manifest (which then flags the mix) or a complete set."""
+    output_dir = Path(output_dir)
+    staging = _stage(output_dir, "final")
+    try:
+        save_weights(model, staging)
+        write_manifest(staging)
+        _fsync_tree(staging)
+        for path in sorted(staging.iterdir(), key=lambda p: p.name == MANIFEST):
+            os.replace(path, output_dir / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output_dir
 
 
 def load_training_state(directory: str | Path) -> TrainingState:

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from harness.errors import HarnessError
 
@@ -51,6 +52,123 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_run_config(args: argparse.Namespace) -> Any:
+    from harness.config import load_config
+
+    overrides = list(args.set)
+    if getattr(args, "max_steps", None) is not None:
+        overrides.append(f"training.max_steps={args.max_steps}")
+    if getattr(args, "output_dir", None) is not None:
+        overrides.append(f"output_dir={Path(args.output_dir).resolve()}")
+    return load_config(args.config, overrides)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from harness.checkpoint import export_adapter
+    from harness.recipe import prepare_run
+    from harness.training import find_resume_checkpoint, prepare_output_dir
+
+    config = _load_run_config(args)
+    output_dir = Path(config.output_dir)
+    resume = None
+    if args.resume:
+        resume = find_resume_checkpoint(output_dir) if args.resume == "auto" else Path(args.resume)
+    prepare_output_dir(output_dir, resuming=resume is not None, overwrite=args.overwrite)
+    run = prepare_run(config)
+    print(f"model: {run.resolved.description}")
+    run.build()
+    assert run.adapter is not None
+    print(f"adapter: {run.adapter.describe()}")
+    stats = run.data.stats
+    print(f"data: {len(run.data.train)} train / {len(run.data.validation)} validation examples, "
+          f"{stats.tokens} tokens, {stats.truncated} truncated, dropped {dict(stats.dropped) or 'none'}")
+    trainer = run.trainer()
+    print(f"training {trainer.total_steps} steps ({trainer.steps_per_epoch} per epoch) on {run.device}, "
+          f"metrics -> {output_dir / 'metrics.jsonl'}" + (f", resuming from {resume}" if resume else ""))
+
+    def log(record: Any) -> None:
+        if record.step % config.training.logging_steps == 0 or record.step == trainer.total_steps:
+            print(f"step {record.step}/{trainer.total_steps} loss {record.loss:.4f} lr {record.lr:.2e} "
+                  f"grad norm {record.grad_norm:.3f} {record.tokens_per_s:.0f} tok/s mem {record.memory_mb:.0f} MB",
+                  flush=True)
+
+    trainer.on_step = log
+    result = trainer.train(resume_from=resume)
+    export_adapter(run.model, output_dir)
+    print(f"checkpoints: {', '.join(p.name for p in result.checkpoints)} in {output_dir}")
+    print(f"final adapter: {output_dir / 'adapter_model.safetensors'} (load with peft.PeftModel.from_pretrained)")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from harness.report import console_table, write_report
+    from harness.validation import Validator
+
+    config = _load_run_config(args)
+    out = Path(args.out) if args.out else Path(config.output_dir) / time.strftime("validate-%Y%m%d-%H%M%S")
+    print(f"validating {config.source} -> {out}", flush=True)
+    started = time.perf_counter()
+
+    def progress(message: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f}s] {message}", flush=True)
+
+    def criterion(c: Any) -> None:
+        progress(f"{c.status:<7} {c.name}: {c.measured or c.detail}")
+
+    outcome = Validator(config, out, on_criterion=criterion, on_progress=progress).run()
+    write_report(outcome)
+    print()
+    print(console_table(outcome))
+    failed = len(outcome.failed)
+    print(f"\n{'PASS' if not failed else 'FAIL'}: {sum(c.status == 'PASS' for c in outcome.criteria)} passed, "
+          f"{failed} failed, {sum(c.status == 'SKIPPED' for c in outcome.criteria)} skipped in "
+          f"{time.perf_counter() - started:.0f} s; report: {out / 'report.md'}")
+    return outcome.exit_code
+
+
+def _cmd_data_preview(args: argparse.Namespace) -> int:
+    from harness.data.formatting import IGNORE_INDEX, prepare_data
+    from harness.loading import load_tokenizer
+    from harness.resolve import resolve_model
+
+    config = _load_run_config(args)
+    tokenizer = load_tokenizer(resolve_model(config.base_model).path)
+    data = prepare_data(config.dataset, tokenizer, config.seed)
+    for index, example in enumerate(data.train[: args.n], 1):
+        pieces, current, is_target = [], [], None
+        for token, label in zip(example.input_ids, example.labels):
+            target = label != IGNORE_INDEX
+            if target != is_target and current:
+                pieces.append((is_target, tokenizer.decode(current)))
+                current = []
+            current.append(token)
+            is_target = target
+        if current:
+            pieces.append((is_target, tokenizer.decode(current)))
+        rendered = "".join(f"[[{text}]]" if target else text for target, text in pieces)
+        print(f"--- example {index}: {len(example.input_ids)} tokens, {example.num_targets} targets"
+              f"{' (truncated)' if example.truncated else ''}; [[...]] = trained-on target tokens")
+        print(rendered)
+    stats = data.stats
+    print("---")
+    print(f"source: {data.source}")
+    print(f"rows read: {stats.rows_read}; dropped: {sum(stats.dropped.values())}"
+          + "".join(f"\n  {count} x {reason}" for reason, count in stats.dropped.items()))
+    print(f"truncated: {stats.truncated}; examples: {len(data.train)} train / {len(data.validation)} validation")
+    print(f"tokens: {stats.tokens}; target tokens: {stats.target_tokens}")
+    return 0
+
+
+def _cmd_data_subset(args: argparse.Namespace) -> int:
+    from harness.data.sources import write_subset
+
+    if args.first <= 0:
+        raise HarnessError(f"--first: must be an integer > 0, got {args.first}")
+    count = write_subset(args.source, args.first, args.output)
+    print(f"wrote {count} rows to {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="show library logs")
@@ -65,7 +183,41 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("config", type=Path)
     check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
     check.set_defaults(handler=_cmd_check_config)
+
+    train = commands.add_parser("train", help="fine-tune as a config says, writing checkpoints and metrics")
+    train.add_argument("config", type=Path)
+    _run_options(train)
+    train.add_argument("--output-dir", help="override output_dir")
+    train.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
+                       help="continue from a checkpoint (default: the newest complete one in output_dir)")
+    train.add_argument("--overwrite", action="store_true", help="replace a previous run in output_dir")
+    train.set_defaults(handler=_cmd_train)
+
+    validate = commands.add_parser("validate", help="run the success criteria and write a report")
+    validate.add_argument("config", type=Path, nargs="?", help="run config (default: the embedded default)")
+    _run_options(validate)
+    validate.add_argument("--out", help="report folder (default: <output_dir>/validate-<time>)")
+    validate.set_defaults(handler=_cmd_validate)
+
+    data = commands.add_parser("data", help="inspect and cut datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    preview = data_commands.add_parser("preview", help="show formatted examples with target tokens marked")
+    preview.add_argument("config", type=Path, nargs="?")
+    preview.add_argument("-n", type=int, default=3, help="examples to show")
+    preview.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    preview.set_defaults(handler=_cmd_data_preview)
+    subset = data_commands.add_parser("subset", help="write the first N rows of a source as JSONL")
+    subset.add_argument("source", help="file, directory or hub id")
+    subset.add_argument("--first", type=int, required=True)
+    subset.add_argument("-o", "--output", type=Path, required=True)
+    subset.set_defaults(handler=_cmd_data_subset)
     return parser
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-steps", type=int, help="cap the optimizer steps")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key, e.g. --set training.learning_rate=1e-4")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,11 +236,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _quiet_libraries() -> None:
-    """Library progress bars and advice are noise in a report a person reads."""
+    """Library progress bars, deprecation notices and optional-kernel advice are noise in a report a
+    person reads; --verbose shows them."""
+    import warnings
+
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*kernels.*")
 
 
 if __name__ == "__main__":

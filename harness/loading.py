@@ -91,4 +91,16 @@ def load_model(
     model = AutoModelForCausalLM.from_pretrained(str(snapshot), **kwargs)
     if quantization is None:
         model.to(device)
+    else:
+        _keep_4bit_weights_trainable(model)
     return model
+
+
+def _keep_4bit_weights_trainable(model: Any) -> None:
+    """On CPUs with AVX512-BF16, bitsandbytes repacks a Linear4bit weight into an inference-only layout
+    on its first eval-mode, no-grad forward (a generation, an eval loss); after that no gradient reaches
+    a LoRA adapter on top, and reloaded copies compute different logits. Training needs the ordinary
+    layout, so the repacking is switched off."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False

@@ -28,13 +28,14 @@ class Run:
     tokenizer: Any
     device: torch.device
     dtype: torch.dtype
-    data: PreparedData
+    data: PreparedData | None = None
     model: Any = None
     adapter: AdapterSummary | None = None
 
-    def load_base(self) -> Any:
-        """A fresh copy of the base model as this run loads it (quantized for QLoRA)."""
-        quantization = self.config.quantization if self.config.adapter == "qlora" else None
+    def load_base(self, *, quantized: bool = True) -> Any:
+        """A fresh copy of the base model as this run loads it (quantized for QLoRA unless
+        ``quantized=False``, which gives the dequantized weights a QLoRA adapter merges into)."""
+        quantization = self.config.quantization if self.config.adapter == "qlora" and quantized else None
         return load_model(self.resolved.path, device=self.device, dtype=self.dtype, quantization=quantization)
 
     def build(self) -> Any:
@@ -43,18 +44,28 @@ class Run:
         self.model, self.adapter = build_adapter(self.load_base(), self.config, self.info, self.resolved.served_as)
         return self.model
 
+    def load_data(self) -> PreparedData:
+        self.data = prepare_data(self.config.dataset, self.tokenizer, self.config.seed)
+        return self.data
+
     def trainer(self, output_dir: str | None = None, **kwargs: Any) -> Trainer:
+        if self.data is None:
+            self.load_data()
+        assert self.data is not None
         return Trainer(self.model, self.config, self.data.train, self.data.validation,
                        pad_id=pad_token_id(self.tokenizer), device=self.device,
                        output_dir=output_dir or self.config.output_dir, **kwargs)
 
 
-def prepare_run(config: RunConfig) -> Run:
-    """Resolve the model, read its config and tokenizer, and prepare the data (no weights loaded yet)."""
+def prepare_run(config: RunConfig, *, with_data: bool = True) -> Run:
+    """Resolve the model, read its config and tokenizer, and (unless ``with_data`` is False) prepare the
+    data; no weights are loaded yet."""
     resolved = resolve_model(config.base_model)
     info = ModelInfo.from_config(resolved.path)
     tokenizer = load_tokenizer(resolved.path)
     device = pick_device(config.training.device)
     dtype = pick_dtype(config.training.dtype, device)
-    data = prepare_data(config.dataset, tokenizer, config.seed)
-    return Run(config, resolved, info, tokenizer, device, dtype, data)
+    run = Run(config, resolved, info, tokenizer, device, dtype)
+    if with_data:
+        run.load_data()
+    return run

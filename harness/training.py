@@ -351,6 +351,22 @@ def load_weights_into(model: Any, checkpoint_dir: str | Path) -> None:
     model.load_state_dict(load_file(str(full)), strict=False)
 
 
+def prepare_output_dir(output_dir: Path, *, resuming: bool, overwrite: bool) -> None:
+    """Refuse to write a new run over a previous one unless asked; nothing is lost by accident."""
+    previous = list_checkpoints(output_dir) or (output_dir / METRICS_FILE).is_file()
+    if not previous or resuming:
+        return
+    if not overwrite:
+        raise TrainingError(f"{output_dir}: holds a previous run (checkpoints or {METRICS_FILE}); "
+                            "pass --resume to continue it or --overwrite to replace it")
+    import shutil
+
+    for path in output_dir.iterdir():
+        if path.name.startswith(CHECKPOINT_PREFIX) and path.is_dir():
+            shutil.rmtree(path)
+    (output_dir / METRICS_FILE).unlink(missing_ok=True)
+
+
 def find_resume_checkpoint(output_dir: str | Path) -> Path:
     checkpoints = list_checkpoints(output_dir)
     if not checkpoints:

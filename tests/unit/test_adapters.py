@@ -95,3 +95,4 @@ def test_block_size_other_than_64_is_rejected(tiny_llama):
     cfg = config(adapter="qlora", **{"quantization.block_size": 128})
     with pytest.raises(AdapterError, match=r"quantization.block_size: bitsandbytes .* blocks of 64 only .*got 128"):
         load_model(tiny_llama.path, quantization=cfg.quantization)
+

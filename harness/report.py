@@ -1,0 +1,169 @@
+"""Write a validation outcome as report.json (versioned schema), report.md and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from harness import __version__
+from harness.validation import FAIL, PASS, SKIPPED, ValidationOutcome
+
+SCHEMA_VERSION = 1
+PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "safetensors", "huggingface_hub")
+
+
+def environment(device: str, dtype: str) -> dict[str, Any]:
+    import torch
+
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"python": platform.python_version(), "platform": platform.platform(), "packages": versions,
+            "device": device, "gpu": gpu, "dtype": dtype, "cpu_threads": torch.get_num_threads()}
+
+
+def build_report(outcome: ValidationOutcome) -> dict[str, Any]:
+    run = outcome.run
+    counts = {status: sum(c.status == status for c in outcome.criteria) for status in (PASS, FAIL, SKIPPED)}
+    model: dict[str, Any] = {"requested": outcome.config.base_model}
+    if run is not None:
+        model |= {"served_as": run.resolved.served_as, "path": str(run.resolved.path), "source": run.resolved.source,
+                  "random_init": run.resolved.random_init, "info": run.info.to_dict()}
+    training = None
+    if outcome.train is not None:
+        training = {"steps": len(outcome.train.history), "resumed_from": outcome.train.resumed_from,
+                    "epochs_completed": outcome.train.epochs_completed, "evals": outcome.train.evals,
+                    "checkpoints": [str(p) for p in outcome.train.checkpoints]}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "harness_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config_source": outcome.config.source,
+        "config": outcome.config.to_dict(),
+        "environment": environment(str(run.device) if run else "unknown", str(run.dtype).replace("torch.", "") if run else "unknown"),
+        "model": model,
+        "facts": outcome.facts,
+        "training": training,
+        "criteria": [asdict(c) for c in outcome.criteria],
+        "summary": counts | {"exit_code": outcome.exit_code, "result": "PASS" if outcome.exit_code == 0 else "FAIL"},
+    }
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def criteria_table(outcome: ValidationOutcome) -> str:
+    rows = ["| # | criterion | status | measured | threshold |", "|---|---|---|---|---|"]
+    for index, c in enumerate(outcome.criteria, 1):
+        measured = c.measured or c.detail
+        rows.append(f"| {index} | {_cell(c.name)} | **{c.status}** | {_cell(measured)} | {_cell(c.threshold)} |")
+    return "\n".join(rows)
+
+
+def markdown(report: dict[str, Any], outcome: ValidationOutcome) -> str:
+    env, model, facts = report["environment"], report["model"], report["facts"]
+    packages = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
+    random_init = " — **random init** (no real weights)" if model.get("random_init") else ""
+    served = model.get("served_as", model["requested"])
+    stand_in = f" (served by {served})" if served != model["requested"] else ""
+    data = facts.get("data", {})
+    adapter = facts.get("adapter", {}).get("describe", outcome.config.adapter)
+    summary = report["summary"]
+    lines = [
+        f"# Validation report: {summary['result']}",
+        "",
+        f"{summary[PASS]} passed, {summary[FAIL]} failed, {summary[SKIPPED]} skipped — config `{report['config_source']}`",
+        "",
+        "## Environment",
+        f"- packages: {packages}",
+        f"- python {env['python']} on {env['platform']}",
+        f"- device: {env['device']}{' (' + env['gpu'] + ')' if env.get('gpu') else ''}, dtype {env['dtype']}, "
+        f"{env['cpu_threads']} CPU threads",
+        "",
+        "## Model and data",
+        f"- model: `{model['requested']}`{stand_in}{random_init}",
+        f"- snapshot: `{model.get('path', '?')}` ({model.get('source', '?')})",
+        f"- adapter: {adapter}",
+        f"- data: {data.get('source', '?')} — {data.get('rows_read', '?')} rows read, "
+        f"{data.get('train_examples', '?')} train / {data.get('validation_examples', '?')} validation examples, "
+        f"{data.get('tokens', '?')} tokens ({data.get('target_tokens', '?')} targets), "
+        f"{data.get('truncated', 0)} truncated, dropped {data.get('dropped', {}) or 'none'}",
+    ]
+    if "throughput" in facts:
+        t = facts["throughput"]
+        lines.append(f"- training: {facts['plan']['total_steps']} steps in {facts['training_seconds']:.0f} s, "
+                     f"{t['tokens_per_s']:.0f} tokens/s")
+    lines += ["", "## Criteria", "", criteria_table(outcome), ""]
+    if "after" in facts and facts["after"].get("examples"):
+        lines += ["## Generations after training (first held-out examples)", ""]
+        for example in facts["after"]["examples"]:
+            lines.append(f"- `{_cell(example.get('prompt_input', example.get('instruction', '')))[:80]}` → "
+                         f"`{_cell(example['generated'].strip())[:80]}`"
+                         + (f" (expected `{_cell(example['expected'])}`)" if "expected" in example else ""))
+        lines.append("")
+    lines += ["## Plots", "", "![loss](loss.png) ![learning rate](lr.png) ![gradient norm](grad_norm.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(outcome: ValidationOutcome, out_dir: Path) -> list[Path]:
+    """loss.png (train + eval), lr.png and grad_norm.png over optimizer steps."""
+    if outcome.train is None or not outcome.train.history:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = outcome.train.history
+    steps = [r.step for r in history]
+    written = []
+    series = [("loss.png", "loss (per target token)", [r.loss for r in history]),
+              ("lr.png", "learning rate", [r.lr for r in history]),
+              ("grad_norm.png", "gradient norm (pre-clip)", [r.grad_norm for r in history])]
+    for name, label, values in series:
+        figure, axis = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+        axis.plot(steps, values, label="train", linewidth=1.2)
+        if name == "loss.png" and outcome.train.evals:
+            axis.plot([e["step"] for e in outcome.train.evals], [e["eval_loss"] for e in outcome.train.evals],
+                      "o-", label="eval")
+            axis.legend()
+        axis.set_xlabel("optimizer step")
+        axis.set_ylabel(label)
+        axis.set_title(f"{label} — {outcome.config.base_model}")
+        axis.grid(alpha=0.3)
+        figure.tight_layout()
+        figure.savefig(out_dir / name)
+        plt.close(figure)
+        written.append(out_dir / name)
+    return written
+
+
+def write_report(outcome: ValidationOutcome) -> dict[str, Any]:
+    out_dir = outcome.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = build_report(outcome)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    plot(outcome, out_dir)
+    (out_dir / "report.md").write_text(markdown(report, outcome))
+    return report
+
+
+def console_table(outcome: ValidationOutcome) -> str:
+    """A plain-text table for the terminal."""
+    width = max(len(c.name) for c in outcome.criteria)
+    lines = []
+    for c in outcome.criteria:
+        value = c.measured or c.detail
+        threshold = f"  [{c.threshold}]" if c.threshold else ""
+        lines.append(f"{c.status:<7} {c.name:<{width}}  {value}{threshold}")
+    return "\n".join(lines)
