@@ -23,8 +23,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--runslow", action="store_true", default=False,
-                     help="run the cpu and e2e tiers (real weights, minutes)")
+    parser.addoption(
+        "--runslow", action="store_true", default=False, help="run the cpu and e2e tiers (real weights, minutes)"
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Weight-loading progress bars from every fixture drown the measured values tests print.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -42,6 +50,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs --runslow (real weights, minutes on CPU)"))
         if "cuda" in markers and not has_cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)"))
+
+
+_TIER_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    tier = next((t for t in ("unit", "cpu", "cuda", "e2e") if t in report.keywords), "other")
+    _TIER_SECONDS[tier] = _TIER_SECONDS.get(tier, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Time spent per tier (setup + call + teardown), so CI shows where its budget goes."""
+    if _TIER_SECONDS:
+        parts = ", ".join(f"{tier} {seconds:.0f} s" for tier, seconds in sorted(_TIER_SECONDS.items()))
+        terminalreporter.write_line(f"time per tier: {parts}")
 
 
 @pytest.fixture(scope="session")

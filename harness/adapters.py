@@ -32,8 +32,10 @@ class AdapterSummary:
         return 100.0 * self.trainable_parameters / max(1, self.total_parameters)
 
     def describe(self) -> str:
-        return (f"{self.kind}: {self.lora_layers} adapted layers on {', '.join(self.target_modules) or 'all weights'}; "
-                f"trainable {self.trainable_parameters:,} of {self.total_parameters:,} ({self.trainable_percent:.2f}%)")
+        return (
+            f"{self.kind}: {self.lora_layers} adapted layers on {', '.join(self.target_modules) or 'all weights'}; "
+            f"trainable {self.trainable_parameters:,} of {self.total_parameters:,} ({self.trainable_percent:.2f}%)"
+        )
 
 
 def linear_module_names(model: Any) -> list[str]:
@@ -56,8 +58,10 @@ def resolve_targets(model: Any, requested: list[str]) -> list[str]:
         return [name for name in LINEAR_MODULES if name in available]
     missing = [name for name in requested if name not in available]
     if missing:
-        raise AdapterError(f"lora.target_modules: {missing[0]!r} is not a linear module of this model; "
-                           f"it has: {', '.join(available)} (or use all-linear)")
+        raise AdapterError(
+            f"lora.target_modules: {missing[0]!r} is not a linear module of this model; "
+            f"it has: {', '.join(available)} (or use all-linear)"
+        )
     return list(requested)
 
 
@@ -70,10 +74,12 @@ def _prepare_quantized(model: Any, gradient_checkpointing: bool) -> None:
         model.enable_input_require_grads()
 
 
-def build_adapter(model: Any, config: RunConfig, info: ModelInfo, base_model_id: str | None = None) -> tuple[Any, AdapterSummary]:
+def build_adapter(
+    model: Any, config: RunConfig, info: ModelInfo, base_model_id: str | None = None
+) -> tuple[Any, AdapterSummary]:
     """Wrap ``model`` for training as ``config.adapter`` says; returns the model and what was built."""
-    training = config.training
-    if training.gradient_checkpointing:
+    checkpointing = config.gradient_checkpointing(next(model.parameters()).device.type)
+    if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if config.adapter == "none":
@@ -86,12 +92,19 @@ def build_adapter(model: Any, config: RunConfig, info: ModelInfo, base_model_id:
 
     if config.adapter == "qlora":
         if not getattr(model, "is_loaded_in_4bit", False) and not getattr(model, "is_loaded_in_8bit", False):
-            raise AdapterError("adapter: qlora needs the base model loaded with quantization (load_model(..., quantization=...))")
-        _prepare_quantized(model, training.gradient_checkpointing)
+            raise AdapterError(
+                "adapter: qlora needs the base model loaded with quantization (load_model(..., quantization=...))"
+            )
+        _prepare_quantized(model, checkpointing)
     targets = resolve_targets(model, config.lora.target_modules)
+    alpha = config.lora.alpha
     lora_config = LoraConfig(
-        r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
-        target_modules=targets, task_type="CAUSAL_LM", bias="none",
+        r=config.lora.r,
+        lora_alpha=int(alpha) if alpha.is_integer() else alpha,  # type: ignore[arg-type]
+        lora_dropout=config.lora.dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+        bias="none",
     )
     peft_model = get_peft_model(model, lora_config)
     if base_model_id:
@@ -116,8 +129,10 @@ def check_lora_shapes(model: Any, info: ModelInfo, r: int) -> int:
         a_shape = tuple(lora_a["default"].weight.shape)
         b_shape = tuple(module.lora_B["default"].weight.shape)
         if a_shape != (r, in_features) or b_shape != (out_features, r):
-            raise AdapterError(f"{name}: LoRA shapes A{a_shape} B{b_shape} do not match ModelInfo "
-                               f"(expected A{(r, in_features)} B{(out_features, r)})")
+            raise AdapterError(
+                f"{name}: LoRA shapes A{a_shape} B{b_shape} do not match ModelInfo "
+                f"(expected A{(r, in_features)} B{(out_features, r)})"
+            )
         leaves.add(leaf)
         checked += 1
     if checked != info.num_layers * len(leaves) or not checked:

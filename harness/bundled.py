@@ -25,19 +25,41 @@ from harness.errors import ModelResolutionError
 MARKER_FILE = "harness_snapshot.json"
 
 TINYLLAMA_CONFIG: dict[str, Any] = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-    "hidden_size": 2048, "num_hidden_layers": 22, "num_attention_heads": 32, "num_key_value_heads": 4,
-    "intermediate_size": 5632, "vocab_size": 32000, "max_position_embeddings": 2048,
-    "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "hidden_act": "silu",
-    "bos_token_id": 1, "eos_token_id": 2, "initializer_range": 0.02,
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 2048,
+    "num_hidden_layers": 22,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 4,
+    "intermediate_size": 5632,
+    "vocab_size": 32000,
+    "max_position_embeddings": 2048,
+    "rope_theta": 10000.0,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": False,
+    "hidden_act": "silu",
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "initializer_range": 0.02,
 }
 
 TINY_RANDOM_LLAMA_CONFIG: dict[str, Any] = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-    "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-    "intermediate_size": 128, "vocab_size": 320, "max_position_embeddings": 512,
-    "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "hidden_act": "silu",
-    "bos_token_id": 1, "eos_token_id": 2, "initializer_range": 0.02,
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 128,
+    "vocab_size": 320,
+    "max_position_embeddings": 512,
+    "rope_theta": 10000.0,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": False,
+    "hidden_act": "silu",
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "initializer_range": 0.02,
 }
 
 # A ChatML template for the byte-level stand-in tokenizer, so conversation data can be rendered.
@@ -61,9 +83,7 @@ def byte_level_tokenizer() -> Any:
     backend.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
     )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     tokenizer.chat_template = _CHAT_TEMPLATE
     return tokenizer
 
@@ -90,8 +110,14 @@ class RandomInitBundle:
         model = LlamaForCausalLM(config).to(getattr(torch, self.dtype))
         model.save_pretrained(target)
         byte_level_tokenizer().save_pretrained(target)
-        _write_marker(target, {"random_init": True, "seed": self.seed,
-                               "note": "random init from the model's exact config; no real weights"})
+        _write_marker(
+            target,
+            {
+                "random_init": True,
+                "seed": self.seed,
+                "note": "random init from the model's exact config; no real weights",
+            },
+        )
 
 
 @dataclass(frozen=True)
@@ -131,8 +157,10 @@ class GgufBundle:
 
         directory = self.gguf_directory()
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=self.gguf_file)
-        model = AutoModelForCausalLM.from_pretrained(
-            directory, gguf_file=self.gguf_file, dtype=torch.bfloat16,
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            directory,
+            gguf_file=self.gguf_file,
+            dtype=torch.bfloat16,
             quantization_config=GgufConfig(dequantize=True),
         )
         # The weights are plain tensors now; drop the GGUF quantization record so loaders treat the
@@ -143,8 +171,14 @@ class GgufBundle:
         model.config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
         model.save_pretrained(target)
         tokenizer.save_pretrained(target)
-        _write_marker(target, {"random_init": False, "source": f"{self.distribution}=={self._version()}",
-                               "note": f"dequantized from {self.gguf_file}"})
+        _write_marker(
+            target,
+            {
+                "random_init": False,
+                "source": f"{self.distribution}=={self._version()}",
+                "note": f"dequantized from {self.gguf_file}",
+            },
+        )
 
 
 Bundle = RandomInitBundle | GgufBundle

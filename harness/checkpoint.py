@@ -54,8 +54,11 @@ def _fsync_tree(directory: Path) -> None:
 
 
 def write_manifest(directory: Path) -> None:
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-             for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST}
+    files = {
+        p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(directory.iterdir())
+        if p.is_file() and p.name != MANIFEST
+    }
     (directory / MANIFEST).write_text(json.dumps({"format": 1, "files": files}, indent=2) + "\n")
 
 
@@ -132,16 +135,30 @@ class TrainingState:
 def save_checkpoint(model: Any, directory: str | Path, state: TrainingState | None = None) -> Path:
     """Atomically write weights (+ training state) to ``directory``; returns it."""
     directory = Path(directory)
-    staging = _stage(directory.parent, directory.name)
+    try:
+        staging = _stage(directory.parent, directory.name)
+    except OSError as exc:
+        raise CheckpointError(
+            f"{directory}: could not save ({exc.strerror or exc}); earlier checkpoints are kept"
+        ) from None
     try:
         save_weights(model, staging)
         if state is not None:
-            torch.save({"optimizer": state.optimizer, "scheduler": state.scheduler, "rng": state.rng},
-                       staging / TRAINING_STATE)
-            (staging / TRAINER_STATE).write_text(json.dumps(
-                {"step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch, **state.extra},
-                indent=2) + "\n")
+            torch.save(
+                {"optimizer": state.optimizer, "scheduler": state.scheduler, "rng": state.rng}, staging / TRAINING_STATE
+            )
+            (staging / TRAINER_STATE).write_text(
+                json.dumps(
+                    {"step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch, **state.extra},
+                    indent=2,
+                )
+                + "\n"
+            )
         _publish(staging, directory)
+    except OSError as exc:
+        raise CheckpointError(
+            f"{directory}: could not save ({exc.strerror or exc}); earlier checkpoints are kept"
+        ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return directory
@@ -173,14 +190,23 @@ def load_training_state(directory: str | Path) -> TrainingState:
     except FileNotFoundError as exc:
         raise CheckpointError(f"{exc.filename}: missing; this checkpoint has no training state to resume") from None
     except Exception as exc:
-        raise CheckpointError(f"{directory / TRAINING_STATE}: unreadable training state ({type(exc).__name__})") from None
+        raise CheckpointError(
+            f"{directory / TRAINING_STATE}: unreadable training state ({type(exc).__name__})"
+        ) from None
     extra = {k: v for k, v in trainer.items() if k not in ("step", "epoch", "batch_in_epoch")}
-    return TrainingState(trainer["step"], trainer["epoch"], trainer["batch_in_epoch"],
-                         blobs["optimizer"], blobs["scheduler"], blobs["rng"], extra)
+    return TrainingState(
+        trainer["step"],
+        trainer["epoch"],
+        trainer["batch_in_epoch"],
+        blobs["optimizer"],
+        blobs["scheduler"],
+        blobs["rng"],
+        extra,
+    )
 
 
 def checkpoint_step(directory: Path) -> int:
-    return int(directory.name[len(CHECKPOINT_PREFIX):])
+    return int(directory.name[len(CHECKPOINT_PREFIX) :])
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -188,9 +214,14 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return []
-    found = [p for p in output_dir.iterdir()
-             if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and p.name[len(CHECKPOINT_PREFIX):].isdigit()
-             and (p / MANIFEST).is_file()]
+    found = [
+        p
+        for p in output_dir.iterdir()
+        if p.is_dir()
+        and p.name.startswith(CHECKPOINT_PREFIX)
+        and p.name[len(CHECKPOINT_PREFIX) :].isdigit()
+        and (p / MANIFEST).is_file()
+    ]
     return sorted(found, key=checkpoint_step)
 
 
@@ -220,5 +251,7 @@ def load_adapter(base_model: Any, directory: str | Path, *, expected_base: str |
         detail = next((line.strip() for line in first if "size mismatch" in line), first[0] if first else "")
         raise CheckpointError(f"{directory / ADAPTER_WEIGHTS}: does not fit this model ({detail[:200]})") from None
     except Exception as exc:
-        raise CheckpointError(f"{directory}: PEFT could not load the adapter ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+        raise CheckpointError(
+            f"{directory}: PEFT could not load the adapter ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''})"
+        ) from None

@@ -7,10 +7,13 @@ with exit code 2; nothing else is caught, so real bugs still show their tracebac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import shlex
+import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +32,11 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     info = ModelInfo.from_config(resolved.path)
     print(f"{args.model}: {resolved.description}")
     print(f"  source: {resolved.source} ({elapsed:.2f} s)")
-    print(f"  architecture: hidden {info.hidden_size}, layers {info.num_layers}, heads "
-          f"{info.num_attention_heads}, kv heads {info.num_kv_heads}, intermediate {info.intermediate_size}, "
-          f"vocab {info.vocab_size}, rope theta {info.rope_theta:g}")
+    print(
+        f"  architecture: hidden {info.hidden_size}, layers {info.num_layers}, heads "
+        f"{info.num_attention_heads}, kv heads {info.num_kv_heads}, intermediate {info.intermediate_size}, "
+        f"vocab {info.vocab_size}, rope theta {info.rope_theta:g}"
+    )
     if args.generate:
         from harness.generation import greedy_generate
         from harness.loading import load_model, load_tokenizer
@@ -43,10 +48,16 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _announce_ignored(config: Any) -> None:
+    if config.ignored_keys:
+        print(f"{config.source}: ignored axolotl keys: {', '.join(config.ignored_keys)}", file=sys.stderr)
+
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
     from harness.config import load_config
 
     config = load_config(args.config, args.set)
+    _announce_ignored(config)
     print(f"# {config.source}: valid")
     print(config.to_yaml(), end="")
     return 0
@@ -60,13 +71,15 @@ def _load_run_config(args: argparse.Namespace) -> Any:
         overrides.append(f"training.max_steps={args.max_steps}")
     if getattr(args, "output_dir", None) is not None:
         overrides.append(f"output_dir={Path(args.output_dir).resolve()}")
+    if getattr(args, "allow_pickle", False):
+        overrides.append("allow_pickle=true")
     return load_config(args.config, overrides)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from harness.checkpoint import export_adapter
     from harness.recipe import prepare_run
-    from harness.training import find_resume_checkpoint, prepare_output_dir
+    from harness.training import TrainingInterrupted, find_resume_checkpoint, prepare_output_dir
 
     config = _load_run_config(args)
     output_dir = Path(config.output_dir)
@@ -80,24 +93,60 @@ def _cmd_train(args: argparse.Namespace) -> int:
     assert run.adapter is not None
     print(f"adapter: {run.adapter.describe()}")
     stats = run.data.stats
-    print(f"data: {len(run.data.train)} train / {len(run.data.validation)} validation examples, "
-          f"{stats.tokens} tokens, {stats.truncated} truncated, dropped {dict(stats.dropped) or 'none'}")
+    print(
+        f"data: {len(run.data.train)} train / {len(run.data.validation)} validation examples, "
+        f"{stats.tokens} tokens, {stats.truncated} truncated, dropped {dict(stats.dropped) or 'none'}"
+    )
     trainer = run.trainer()
-    print(f"training {trainer.total_steps} steps ({trainer.steps_per_epoch} per epoch) on {run.device}, "
-          f"metrics -> {output_dir / 'metrics.jsonl'}" + (f", resuming from {resume}" if resume else ""))
+    print(
+        f"training {trainer.total_steps} steps ({trainer.steps_per_epoch} per epoch) on {run.device}, "
+        f"metrics -> {output_dir / 'metrics.jsonl'}" + (f", resuming from {resume}" if resume else "")
+    )
 
     def log(record: Any) -> None:
         if record.step % config.training.logging_steps == 0 or record.step == trainer.total_steps:
-            print(f"step {record.step}/{trainer.total_steps} loss {record.loss:.4f} lr {record.lr:.2e} "
-                  f"grad norm {record.grad_norm:.3f} {record.tokens_per_s:.0f} tok/s mem {record.memory_mb:.0f} MB",
-                  flush=True)
+            print(
+                f"step {record.step}/{trainer.total_steps} loss {record.loss:.4f} lr {record.lr:.2e} "
+                f"grad norm {record.grad_norm:.3f} {record.tokens_per_s:.0f} tok/s mem {record.memory_mb:.0f} MB",
+                flush=True,
+            )
 
     trainer.on_step = log
-    result = trainer.train(resume_from=resume)
+    try:
+        with _stop_on_signals(trainer):
+            result = trainer.train(resume_from=resume)
+    except TrainingInterrupted as stop:
+        again = " ".join(shlex.quote(a) for a in ["harness", *sys.argv[1:]] if a not in ("--resume", "--overwrite"))
+        print(
+            f"interrupted by {signal.Signals(stop.signum).name} after step {stop.step}: checkpoint {stop.checkpoint}, "
+            f"metrics {output_dir / 'metrics.jsonl'}; resume with: {again} --resume",
+            file=sys.stderr,
+        )
+        return 128 + stop.signum
     export_adapter(run.model, output_dir)
     print(f"checkpoints: {', '.join(p.name for p in result.checkpoints)} in {output_dir}")
     print(f"final adapter: {output_dir / 'adapter_model.safetensors'} (load with peft.PeftModel.from_pretrained)")
     return 0
+
+
+@contextlib.contextmanager
+def _stop_on_signals(trainer: Any) -> Iterator[None]:
+    """SIGINT/SIGTERM ask the trainer to stop after the step in progress and checkpoint; a second
+    signal gets the default behaviour (stop at once)."""
+    watched = (signal.SIGINT, signal.SIGTERM)
+    previous: dict[int, Any] = {number: signal.getsignal(number) for number in watched}
+
+    def handler(signum: int, _frame: Any) -> None:
+        trainer.request_stop(signum)
+        signal.signal(signum, previous[signum])
+
+    for watched_signal in watched:
+        signal.signal(watched_signal, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -105,6 +154,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from harness.validation import Validator
 
     config = _load_run_config(args)
+    _announce_ignored(config)
     out = Path(args.out) if args.out else Path(config.output_dir) / time.strftime("validate-%Y%m%d-%H%M%S")
     print(f"validating {config.source} -> {out}", flush=True)
     started = time.perf_counter()
@@ -120,9 +170,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     print()
     print(console_table(outcome))
     failed = len(outcome.failed)
-    print(f"\n{'PASS' if not failed else 'FAIL'}: {sum(c.status == 'PASS' for c in outcome.criteria)} passed, "
-          f"{failed} failed, {sum(c.status == 'SKIPPED' for c in outcome.criteria)} skipped in "
-          f"{time.perf_counter() - started:.0f} s; report: {out / 'report.md'}")
+    print(
+        f"\n{'PASS' if not failed else 'FAIL'}: {sum(c.status == 'PASS' for c in outcome.criteria)} passed, "
+        f"{failed} failed, {sum(c.status == 'SKIPPED' for c in outcome.criteria)} skipped in "
+        f"{time.perf_counter() - started:.0f} s; report: {out / 'report.md'}"
+    )
     return outcome.exit_code
 
 
@@ -135,7 +187,9 @@ def _cmd_data_preview(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(resolve_model(config.base_model).path)
     data = prepare_data(config.dataset, tokenizer, config.seed)
     for index, example in enumerate(data.train[: args.n], 1):
-        pieces, current, is_target = [], [], None
+        pieces: list[tuple[bool, str]] = []
+        current: list[int] = []
+        is_target = False
         for token, label in zip(example.input_ids, example.labels):
             target = label != IGNORE_INDEX
             if target != is_target and current:
@@ -146,14 +200,18 @@ def _cmd_data_preview(args: argparse.Namespace) -> int:
         if current:
             pieces.append((is_target, tokenizer.decode(current)))
         rendered = "".join(f"[[{text}]]" if target else text for target, text in pieces)
-        print(f"--- example {index}: {len(example.input_ids)} tokens, {example.num_targets} targets"
-              f"{' (truncated)' if example.truncated else ''}; [[...]] = trained-on target tokens")
+        print(
+            f"--- example {index}: {len(example.input_ids)} tokens, {example.num_targets} targets"
+            f"{' (truncated)' if example.truncated else ''}; [[...]] = trained-on target tokens"
+        )
         print(rendered)
     stats = data.stats
     print("---")
     print(f"source: {data.source}")
-    print(f"rows read: {stats.rows_read}; dropped: {sum(stats.dropped.values())}"
-          + "".join(f"\n  {count} x {reason}" for reason, count in stats.dropped.items()))
+    print(
+        f"rows read: {stats.rows_read}; dropped: {sum(stats.dropped.values())}"
+        + "".join(f"\n  {count} x {reason}" for reason, count in stats.dropped.items())
+    )
     print(f"truncated: {stats.truncated}; examples: {len(data.train)} train / {len(data.validation)} validation")
     print(f"tokens: {stats.tokens}; target tokens: {stats.target_tokens}")
     return 0
@@ -188,8 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", type=Path)
     _run_options(train)
     train.add_argument("--output-dir", help="override output_dir")
-    train.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
-                       help="continue from a checkpoint (default: the newest complete one in output_dir)")
+    train.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        metavar="CHECKPOINT",
+        help="continue from a checkpoint (default: the newest complete one in output_dir)",
+    )
     train.add_argument("--overwrite", action="store_true", help="replace a previous run in output_dir")
     train.set_defaults(handler=_cmd_train)
 
@@ -216,15 +279,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, help="cap the optimizer steps")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config key, e.g. --set training.learning_rate=1e-4")
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="load *.bin/*.pt weights when a snapshot has no safetensors (pickles can run code)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set training.learning_rate=1e-4",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     if not args.verbose:
         _quiet_libraries()
     handler: Callable[[argparse.Namespace], int] = args.handler

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from harness.axolotl import from_axolotl, is_axolotl
 from harness.errors import ConfigError
 
 BUILTIN_TASKS = "builtin:tasks"
@@ -93,14 +94,21 @@ class TrainingSection:
     weight_decay: float = _field(0.0, _NON_NEGATIVE)
     lr_scheduler: str = _field("linear", _choice("linear", "cosine", "constant"))
     warmup_ratio: float = _field(0.1, _FRACTION)
+    warmup_steps: int | None = _field(
+        None, Rule("int", "an integer >= 0 or null (null: use warmup_ratio)", lambda v: v >= 0, optional=True))
     max_grad_norm: float = _field(1.0, Rule("float", "a number > 0", lambda v: v > 0))
     logging_steps: int = _field(10, _POSITIVE_INT)
     save_steps: int = _field(100, _POSITIVE_INT)
     eval_steps: int | None = _field(None, Rule("int", "an integer > 0 or null", lambda v: v > 0, optional=True))
     eval_batches: int = _field(4, _POSITIVE_INT)
+    skip_nonfinite: int = _field(
+        0, Rule("int", "an integer >= 0 (optimizer steps with NaN/Inf to skip)", lambda v: v >= 0)
+    )
     packing: bool = _field(False, Rule("bool"))
     group_by_length: bool = _field(False, Rule("bool"))
-    gradient_checkpointing: bool = _field(False, Rule("bool"))
+    gradient_checkpointing: bool | None = _field(
+        None, Rule("bool", "true, false or null (auto: on for QLoRA on CUDA)", optional=True)
+    )
     dtype: str = _field("auto", _choice(*_DTYPES))
     device: str = _field("auto", _choice("auto", "cpu", "cuda"))
 
@@ -108,9 +116,7 @@ class TrainingSection:
 @dataclass
 class ValidationSection:
     loss_window: int = _field(10, _POSITIVE_INT)
-    loss_decrease_ratio: float = _field(
-        0.9, Rule("float", "a number in (0, 1]", lambda v: 0 < v <= 1)
-    )
+    loss_decrease_ratio: float = _field(0.9, Rule("float", "a number in (0, 1]", lambda v: 0 < v <= 1))
     min_steps: int = _field(100, _POSITIVE_INT)
     max_first_loss: float = _field(10.0, Rule("float", "a number > 0", lambda v: v > 0))
     grad_norm_min: float = _field(1e-6, _NON_NEGATIVE)
@@ -127,17 +133,26 @@ class RunConfig:
     adapter: str = _field("lora", _choice("lora", "qlora", "none"))
     output_dir: str = _field("./outputs/run", Rule("str", "a directory path", bool))
     seed: int = _field(42, Rule("int", "an integer >= 0", lambda v: v >= 0))
+    allow_pickle: bool = _field(False, Rule("bool"))
     lora: LoraSection = field(default_factory=LoraSection)
     quantization: QuantizationSection = field(default_factory=QuantizationSection)
     dataset: DatasetSection = field(default_factory=DatasetSection)
     training: TrainingSection = field(default_factory=TrainingSection)
     validation: ValidationSection = field(default_factory=ValidationSection)
     source: str = field(default="<defaults>", compare=False)
+    ignored_keys: list[str] = field(default_factory=list, compare=False)
+
+    def gradient_checkpointing(self, device_type: str) -> bool:
+        """Whether activations are recomputed in backward: as configured, else on for QLoRA on a GPU,
+        where memory (the research document's VRAM table) is the point of QLoRA."""
+        value = self.training.gradient_checkpointing
+        return value if value is not None else (self.adapter == "qlora" and device_type == "cuda")
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain data (what check-config prints and reports embed)."""
         data = dataclasses.asdict(self)
         data.pop("source")
+        data.pop("ignored_keys")
         return data
 
     def to_yaml(self) -> str:
@@ -145,15 +160,23 @@ class RunConfig:
 
 
 _SECTIONS: dict[str, type] = {
-    f.name: f.default_factory for f in dataclasses.fields(RunConfig) if f.name in (  # type: ignore[misc]
-        "lora", "quantization", "dataset", "training", "validation")
+    "lora": LoraSection,
+    "quantization": QuantizationSection,
+    "dataset": DatasetSection,
+    "training": TrainingSection,
+    "validation": ValidationSection,
 }
 _PATH_KEYS = ("output_dir", "dataset.path")
 
 
 def _kind_name(kind: str) -> str:
-    return {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-            "str_list": "a list of strings"}[kind]
+    return {
+        "int": "an integer",
+        "float": "a number",
+        "bool": "true or false",
+        "str": "a string",
+        "str_list": "a list of strings",
+    }[kind]
 
 
 def _coerce(value: Any, rule: Rule, where: str) -> Any:
@@ -192,13 +215,14 @@ def _coerce(value: Any, rule: Rule, where: str) -> Any:
 
 def _unknown_key(key: str, prefix: str, known: list[str], source: str) -> ConfigError:
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.5) or [
-        k for k in known if key.startswith(k) or k.startswith(key)]
+        k for k in known if key.startswith(k) or k.startswith(key)
+    ]
     hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
     return ConfigError(f"{source}: {prefix}{key}: unknown key{hint}; allowed: {', '.join(known)}")
 
 
 def _build(cls: type, raw: Mapping[str, Any], prefix: str, source: str) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("source", "ignored_keys")}
     for key in raw:
         if key not in fields:
             raise _unknown_key(str(key), prefix, list(fields), source)
@@ -226,8 +250,7 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any, source: str) -> No
     if len(parts) == 2:
         section, key = parts
         if section not in _SECTIONS:
-            raise _unknown_key(section, "", [f.name for f in dataclasses.fields(RunConfig)
-                                              if f.name != "source"], source)
+            raise _unknown_key(section, "", list(_SECTIONS), source)
         target = raw.setdefault(section, {})
         if not isinstance(target, dict):
             raise ConfigError(f"{source}: {section}: must be a mapping of keys")
@@ -281,9 +304,7 @@ def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> None:
             dataset["path"] = str(candidate.resolve())
 
 
-def config_from_dict(
-    raw: Mapping[str, Any], source: str = "<dict>", overrides: list[str] | None = None
-) -> RunConfig:
+def config_from_dict(raw: Mapping[str, Any], source: str = "<dict>", overrides: list[str] | None = None) -> RunConfig:
     """Validate a raw mapping (plus ``--set`` overrides) into a ``RunConfig``."""
     data: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()}
     config: RunConfig = _build(RunConfig, data, "", source)
@@ -302,8 +323,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         return config_from_dict(default_config_dict(), "<embedded default>", overrides)
     path = Path(path)
     raw = _read_yaml(path)
+    ignored: list[str] = []
+    if is_axolotl(raw):
+        raw, ignored = from_axolotl(raw, str(path))
     _resolve_relative_paths(raw, path.resolve().parent)
-    return config_from_dict(raw, str(path), overrides)
+    config = config_from_dict(raw, str(path), overrides)
+    config.ignored_keys = ignored
+    return config
 
 
 def default_config_dict() -> dict[str, Any]:
@@ -314,13 +340,32 @@ def default_config_dict() -> dict[str, Any]:
         "adapter": "lora",
         "output_dir": "./outputs/validate-default",
         "seed": 42,
-        "lora": {"r": 16, "alpha": 32, "dropout": 0.0,
-                 "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
-        "dataset": {"path": BUILTIN_TASKS, "type": "alpaca", "max_length": 128, "train_split": 0.9,
-                    "num_examples": 500, "task_families": ["sort_numbers", "reverse_words"]},
+        "lora": {
+            "r": 16,
+            "alpha": 32,
+            "dropout": 0.0,
+            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        },
+        "dataset": {
+            "path": BUILTIN_TASKS,
+            "type": "alpaca",
+            "max_length": 128,
+            "train_split": 0.9,
+            "num_examples": 500,
+            "task_families": ["sort_numbers", "reverse_words"],
+        },
         # 450 train examples / batch 4 = one epoch of 113 steps (the criteria want 100+).
-        "training": {"epochs": 1, "batch_size": 4, "learning_rate": 1e-3,
-                     "lr_scheduler": "linear", "warmup_ratio": 0.05, "logging_steps": 10,
-                     "save_steps": 60, "eval_steps": 20, "eval_batches": 4, "dtype": "float32"},
+        "training": {
+            "epochs": 1,
+            "batch_size": 4,
+            "learning_rate": 1e-3,
+            "lr_scheduler": "linear",
+            "warmup_ratio": 0.05,
+            "logging_steps": 10,
+            "save_steps": 60,
+            "eval_steps": 20,
+            "eval_batches": 4,
+            "dtype": "float32",
+        },
         "validation": {"loss_window": 10, "loss_decrease_ratio": 0.7, "min_steps": 100, "eval_examples": 40},
     }

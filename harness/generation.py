@@ -20,13 +20,16 @@ def greedy_generate(
     outputs: list[str] = []
     try:
         for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start:start + batch_size]
+            chunk = prompts[start : start + batch_size]
             encoded = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
             generated = model.generate(
-                **encoded, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
+                **encoded,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad_id,
                 eos_token_id=tokenizer.eos_token_id,
             )
-            new_tokens = generated[:, encoded["input_ids"].shape[1]:]
+            new_tokens = generated[:, encoded["input_ids"].shape[1] :]
             outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
     finally:
         tokenizer.padding_side = side

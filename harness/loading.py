@@ -73,22 +73,36 @@ def load_model(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     quantization: QuantizationSection | None = None,
+    allow_pickle: bool = False,
 ) -> Any:
-    """Load a causal LM from a snapshot; ``quantization`` loads it 4- or 8-bit for QLoRA."""
+    """Load a causal LM from a snapshot; ``quantization`` loads it 4- or 8-bit for QLoRA. Pickle
+    weights (which can run code when unpickled) are refused unless ``allow_pickle``."""
     from transformers import AutoModelForCausalLM
 
     snapshot = Path(snapshot)
+    use_safetensors = True
     if not any(snapshot.glob("*.safetensors")):
         pickles = sorted(p.name for p in snapshot.glob("*") if p.suffix in (".bin", ".pt", ".pth"))
-        found = f" (found pickle files {', '.join(pickles)}, which are never loaded)" if pickles else ""
-        raise ModelResolutionError(f"{snapshot}: no *.safetensors weights{found}")
+        if not pickles:
+            raise ModelResolutionError(f"{snapshot}: no *.safetensors weights")
+        if not allow_pickle:
+            raise ModelResolutionError(
+                f"{snapshot}: only pickle weights ({', '.join(pickles)}), which can run code "
+                "when loaded; convert them to safetensors or pass --allow-pickle"
+            )
+        use_safetensors = False
     device = torch.device(device)
-    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, "attn_implementation": "sdpa"}
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "use_safetensors": use_safetensors,
+        "attn_implementation": "sdpa",
+        "trust_remote_code": False,
+    }
     if quantization is not None:
         compute = dtype if quantization.compute_dtype == "auto" else getattr(torch, quantization.compute_dtype)
         kwargs["quantization_config"] = bitsandbytes_config(quantization, compute)
         kwargs["device_map"] = {"": device}
-    model = AutoModelForCausalLM.from_pretrained(str(snapshot), **kwargs)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(snapshot), **kwargs)
     if quantization is None:
         model.to(device)
     else:

@@ -87,7 +87,8 @@ class ModelInfo:
         lookup excluded) plus attention scores and values, 12 x layers x heads x head_dim x seq (causal
         halves it: 6x)."""
         matmul_params = self.num_parameters - self.vocab_size * self.hidden_size * (
-            0 if self.tie_word_embeddings else 1)
+            0 if self.tie_word_embeddings else 1
+        )
         attention = 6 * self.num_layers * self.num_attention_heads * self.head_dim * seq_len
         return 6.0 * matmul_params + attention
 

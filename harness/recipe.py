@@ -28,7 +28,7 @@ class Run:
     tokenizer: Any
     device: torch.device
     dtype: torch.dtype
-    data: PreparedData | None = None
+    prepared: PreparedData | None = None
     model: Any = None
     adapter: AdapterSummary | None = None
 
@@ -36,7 +36,13 @@ class Run:
         """A fresh copy of the base model as this run loads it (quantized for QLoRA unless
         ``quantized=False``, which gives the dequantized weights a QLoRA adapter merges into)."""
         quantization = self.config.quantization if self.config.adapter == "qlora" and quantized else None
-        return load_model(self.resolved.path, device=self.device, dtype=self.dtype, quantization=quantization)
+        return load_model(
+            self.resolved.path,
+            device=self.device,
+            dtype=self.dtype,
+            quantization=quantization,
+            allow_pickle=self.config.allow_pickle,
+        )
 
     def build(self) -> Any:
         """Load the base model and wrap it with the configured adapter (seeded, so LoRA init repeats)."""
@@ -44,17 +50,27 @@ class Run:
         self.model, self.adapter = build_adapter(self.load_base(), self.config, self.info, self.resolved.served_as)
         return self.model
 
+    @property
+    def data(self) -> PreparedData:
+        """The prepared data, loaded on first use."""
+        if self.prepared is None:
+            self.prepared = prepare_data(self.config.dataset, self.tokenizer, self.config.seed)
+        return self.prepared
+
     def load_data(self) -> PreparedData:
-        self.data = prepare_data(self.config.dataset, self.tokenizer, self.config.seed)
         return self.data
 
     def trainer(self, output_dir: str | None = None, **kwargs: Any) -> Trainer:
-        if self.data is None:
-            self.load_data()
-        assert self.data is not None
-        return Trainer(self.model, self.config, self.data.train, self.data.validation,
-                       pad_id=pad_token_id(self.tokenizer), device=self.device,
-                       output_dir=output_dir or self.config.output_dir, **kwargs)
+        return Trainer(
+            self.model,
+            self.config,
+            self.data.train,
+            self.data.validation,
+            pad_id=pad_token_id(self.tokenizer),
+            device=self.device,
+            output_dir=output_dir or self.config.output_dir,
+            **kwargs,
+        )
 
 
 def prepare_run(config: RunConfig, *, with_data: bool = True) -> Run:

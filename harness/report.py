@@ -20,15 +20,22 @@ PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "safete
 def environment(device: str, dtype: str) -> dict[str, Any]:
     import torch
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"python": platform.python_version(), "platform": platform.platform(), "packages": versions,
-            "device": device, "gpu": gpu, "dtype": dtype, "cpu_threads": torch.get_num_threads()}
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": versions,
+        "device": device,
+        "gpu": gpu,
+        "dtype": dtype,
+        "cpu_threads": torch.get_num_threads(),
+    }
 
 
 def build_report(outcome: ValidationOutcome) -> dict[str, Any]:
@@ -36,20 +43,32 @@ def build_report(outcome: ValidationOutcome) -> dict[str, Any]:
     counts = {status: sum(c.status == status for c in outcome.criteria) for status in (PASS, FAIL, SKIPPED)}
     model: dict[str, Any] = {"requested": outcome.config.base_model}
     if run is not None:
-        model |= {"served_as": run.resolved.served_as, "path": str(run.resolved.path), "source": run.resolved.source,
-                  "random_init": run.resolved.random_init, "info": run.info.to_dict()}
+        model |= {
+            "served_as": run.resolved.served_as,
+            "path": str(run.resolved.path),
+            "source": run.resolved.source,
+            "random_init": run.resolved.random_init,
+            "info": run.info.to_dict(),
+        }
     training = None
     if outcome.train is not None:
-        training = {"steps": len(outcome.train.history), "resumed_from": outcome.train.resumed_from,
-                    "epochs_completed": outcome.train.epochs_completed, "evals": outcome.train.evals,
-                    "checkpoints": [str(p) for p in outcome.train.checkpoints]}
+        training = {
+            "steps": len(outcome.train.history),
+            "resumed_from": outcome.train.resumed_from,
+            "epochs_completed": outcome.train.epochs_completed,
+            "evals": outcome.train.evals,
+            "checkpoints": [str(p) for p in outcome.train.checkpoints],
+        }
     return {
         "schema_version": SCHEMA_VERSION,
         "harness_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config_source": outcome.config.source,
+        "ignored_config_keys": outcome.config.ignored_keys,
         "config": outcome.config.to_dict(),
-        "environment": environment(str(run.device) if run else "unknown", str(run.dtype).replace("torch.", "") if run else "unknown"),
+        "environment": environment(
+            str(run.device) if run else "unknown", str(run.dtype).replace("torch.", "") if run else "unknown"
+        ),
         "model": model,
         "facts": outcome.facts,
         "training": training,
@@ -82,7 +101,8 @@ def markdown(report: dict[str, Any], outcome: ValidationOutcome) -> str:
     lines = [
         f"# Validation report: {summary['result']}",
         "",
-        f"{summary[PASS]} passed, {summary[FAIL]} failed, {summary[SKIPPED]} skipped — config `{report['config_source']}`",
+        f"{summary[PASS]} passed, {summary[FAIL]} failed, {summary[SKIPPED]} skipped"
+        f" — config `{report['config_source']}`",
         "",
         "## Environment",
         f"- packages: {packages}",
@@ -101,15 +121,19 @@ def markdown(report: dict[str, Any], outcome: ValidationOutcome) -> str:
     ]
     if "throughput" in facts:
         t = facts["throughput"]
-        lines.append(f"- training: {facts['plan']['total_steps']} steps in {facts['training_seconds']:.0f} s, "
-                     f"{t['tokens_per_s']:.0f} tokens/s")
+        lines.append(
+            f"- training: {facts['plan']['total_steps']} steps in {facts['training_seconds']:.0f} s, "
+            f"{t['tokens_per_s']:.0f} tokens/s"
+        )
     lines += ["", "## Criteria", "", criteria_table(outcome), ""]
     if "after" in facts and facts["after"].get("examples"):
         lines += ["## Generations after training (first held-out examples)", ""]
         for example in facts["after"]["examples"]:
-            lines.append(f"- `{_cell(example.get('prompt_input', example.get('instruction', '')))[:80]}` → "
-                         f"`{_cell(example['generated'].strip())[:80]}`"
-                         + (f" (expected `{_cell(example['expected'])}`)" if "expected" in example else ""))
+            lines.append(
+                f"- `{_cell(example.get('prompt_input', example.get('instruction', '')))[:80]}` → "
+                f"`{_cell(example['generated'].strip())[:80]}`"
+                + (f" (expected `{_cell(example['expected'])}`)" if "expected" in example else "")
+            )
         lines.append("")
     lines += ["## Plots", "", "![loss](loss.png) ![learning rate](lr.png) ![gradient norm](grad_norm.png)", ""]
     return "\n".join(lines)
@@ -127,15 +151,21 @@ def plot(outcome: ValidationOutcome, out_dir: Path) -> list[Path]:
     history = outcome.train.history
     steps = [r.step for r in history]
     written = []
-    series = [("loss.png", "loss (per target token)", [r.loss for r in history]),
-              ("lr.png", "learning rate", [r.lr for r in history]),
-              ("grad_norm.png", "gradient norm (pre-clip)", [r.grad_norm for r in history])]
+    series = [
+        ("loss.png", "loss (per target token)", [r.loss for r in history]),
+        ("lr.png", "learning rate", [r.lr for r in history]),
+        ("grad_norm.png", "gradient norm (pre-clip)", [r.grad_norm for r in history]),
+    ]
     for name, label, values in series:
         figure, axis = plt.subplots(figsize=(6.4, 3.6), dpi=100)
         axis.plot(steps, values, label="train", linewidth=1.2)
         if name == "loss.png" and outcome.train.evals:
-            axis.plot([e["step"] for e in outcome.train.evals], [e["eval_loss"] for e in outcome.train.evals],
-                      "o-", label="eval")
+            axis.plot(
+                [e["step"] for e in outcome.train.evals],
+                [e["eval_loss"] for e in outcome.train.evals],
+                "o-",
+                label="eval",
+            )
             axis.legend()
         axis.set_xlabel("optimizer step")
         axis.set_ylabel(label)

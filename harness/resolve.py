@@ -30,9 +30,15 @@ from harness.errors import ModelResolutionError
 logger = logging.getLogger("harness")
 
 DOWNLOAD_PATTERNS = [
-    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "tokenizer.model", "chat_template.jinja",
-    "*.safetensors", "model.safetensors.index.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "*.safetensors",
+    "model.safetensors.index.json",
 ]
 LOCAL_ONLY_ORG = "harness/"
 _OFFLINE_VALUES = {"1", "true", "yes", "on"}
@@ -120,10 +126,15 @@ def download_snapshot(repo_id: str, cache: Path) -> Path:
     """Download config, tokenizer and safetensors weights (never pickles) into ``cache``."""
     from huggingface_hub import snapshot_download
 
-    path = Path(snapshot_download(
-        repo_id, cache_dir=cache, allow_patterns=DOWNLOAD_PATTERNS,
-        endpoint=os.environ.get("HF_ENDPOINT"), etag_timeout=10,
-    ))
+    path = Path(
+        snapshot_download(
+            repo_id,
+            cache_dir=cache,
+            allow_patterns=DOWNLOAD_PATTERNS,
+            endpoint=os.environ.get("HF_ENDPOINT"),
+            etag_timeout=10,
+        )
+    )
     if not is_complete_snapshot(path):
         raise ModelResolutionError(
             f"{repo_id}: the hub repository has no config.json + *.safetensors weights "
@@ -182,8 +193,9 @@ def resolve_model(model: str) -> ResolvedModel:
         snapshot = find_cached_snapshot(cache, model)
         if snapshot is not None:
             marker = read_marker(snapshot)
-            return ResolvedModel(model, snapshot, _source_name(cache), model,
-                                 bool(marker.get("random_init")), tuple(searched))
+            return ResolvedModel(
+                model, snapshot, _source_name(cache), model, bool(marker.get("random_init")), tuple(searched)
+            )
 
     if is_offline():
         searched.append("hub download skipped (HF_HUB_OFFLINE=1)")
@@ -209,7 +221,8 @@ def resolve_model(model: str) -> ResolvedModel:
         detail = marker.get("note", "")
         _announce_once(
             f"{model}: using the bundled offline copy of {bundled_id}"
-            + (" (random init)" if random_init else "") + (f", {detail}" if detail else "")
+            + (" (random init)" if random_init else "")
+            + (f", {detail}" if detail else "")
         )
     source = "bundled (materialized now)" if written else "bundled (cached)"
     return ResolvedModel(model, path, source, bundled_id, random_init, tuple(searched))

@@ -24,7 +24,12 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from harness.checkpoint import (
-    CHECKPOINT_PREFIX, TrainingState, list_checkpoints, load_training_state, save_checkpoint, verify_checkpoint,
+    CHECKPOINT_PREFIX,
+    TrainingState,
+    list_checkpoints,
+    load_training_state,
+    save_checkpoint,
+    verify_checkpoint,
 )
 from harness.config import RunConfig
 from harness.data.batching import Batch, epoch_batches
@@ -36,6 +41,7 @@ LOSS_CHUNK_TOKENS = 2048
 
 
 # ---------------------------------------------------------------- schedule
+
 
 def warmup_steps_for(total_steps: int, warmup_ratio: float) -> int:
     return math.ceil(total_steps * warmup_ratio)
@@ -60,6 +66,7 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str) -> floa
 
 # ---------------------------------------------------------------- loss and step
 
+
 def _unwrap(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
@@ -75,7 +82,7 @@ def loss_sum_and_count(model: Any, batch: Batch, *, recompute_logits: bool = Fal
     head = base.get_output_embeddings()
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, targets.numel(), LOSS_CHUNK_TOKENS):
-        piece = (hidden[start:start + LOSS_CHUNK_TOKENS], targets[start:start + LOSS_CHUNK_TOKENS])
+        piece = (hidden[start : start + LOSS_CHUNK_TOKENS], targets[start : start + LOSS_CHUNK_TOKENS])
         if recompute_logits and torch.is_grad_enabled():
             total = total + checkpoint(_chunk_loss, head, *piece, use_reentrant=False)
         else:
@@ -96,8 +103,13 @@ class StepResult:
 
 
 def training_step(
-    model: Any, micro_batches: list[Batch] | Batch, optimizer: torch.optim.Optimizer | None = None, *,
-    max_grad_norm: float = math.inf, device: torch.device | str | None = None, recompute_logits: bool = False,
+    model: Any,
+    micro_batches: list[Batch] | Batch,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    max_grad_norm: float = math.inf,
+    device: torch.device | str | None = None,
+    recompute_logits: bool = False,
 ) -> StepResult:
     """One optimizer step over one or more micro batches (gradient accumulation).
 
@@ -142,7 +154,8 @@ def evaluate_loss(model: Any, batches: list[Batch], device: torch.device | str) 
 
 def build_optimizer(model: Any, learning_rate: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
     """AdamW; weight decay only on matrices (not on norms or biases); fused kernels on CUDA."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
@@ -174,6 +187,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------- trainer
 
+
 @dataclass
 class StepRecord:
     step: int
@@ -200,36 +214,69 @@ class TrainResult:
     epochs_completed: int
     checkpoints: list[Path] = field(default_factory=list)
     resumed_from: int = 0
+    skipped: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Trainer:
     """Runs ``config.training`` over prepared data, writing metrics and checkpoints to ``output_dir``."""
 
-    def __init__(self, model: Any, config: RunConfig, train: list[Example], validation: list[Example], *,
-                 pad_id: int, device: torch.device, output_dir: str | Path,
-                 on_step: Callable[[StepRecord], None] | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        config: RunConfig,
+        train: list[Example],
+        validation: list[Example],
+        *,
+        pad_id: int,
+        device: torch.device,
+        output_dir: str | Path,
+        on_step: Callable[[StepRecord], None] | None = None,
+    ) -> None:
         self.model, self.config, self.training = model, config, config.training
         self.train_examples, self.validation_examples = train, validation
         self.pad_id, self.device, self.output_dir = pad_id, device, Path(output_dir)
         self.on_step = on_step
+        self.stop_signal = 0
         self.accumulation = self.training.gradient_accumulation_steps
         micro_per_epoch = len(self._epoch_plan(0))
         self.steps_per_epoch = math.ceil(micro_per_epoch / self.accumulation)
         self.total_steps = self.training.max_steps or self.steps_per_epoch * self.training.epochs
         self.epochs_planned = math.ceil(self.total_steps / self.steps_per_epoch)
-        self.warmup_steps = warmup_steps_for(self.total_steps, self.training.warmup_ratio)
+        self.warmup_steps = (
+            self.training.warmup_steps
+            if self.training.warmup_steps is not None
+            else warmup_steps_for(self.total_steps, self.training.warmup_ratio)
+        )
         self.optimizer = build_optimizer(model, self.training.learning_rate, self.training.weight_decay, device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, self.total_steps, self.warmup_steps, self.training.lr_scheduler))
-        self.eval_batches = epoch_batches(
-            validation, batch_size=self.training.batch_size, max_length=config.dataset.max_length, pad_id=pad_id,
-            seed=config.seed, epoch=0, shuffle=False)[: self.training.eval_batches] if validation else []
+            self.optimizer, lambda s: lr_factor(s, self.total_steps, self.warmup_steps, self.training.lr_scheduler)
+        )
+        self.eval_batches = (
+            epoch_batches(
+                validation,
+                batch_size=self.training.batch_size,
+                max_length=config.dataset.max_length,
+                pad_id=pad_id,
+                seed=config.seed,
+                epoch=0,
+                shuffle=False,
+            )[: self.training.eval_batches]
+            if validation
+            else []
+        )
 
     def _epoch_plan(self, epoch: int) -> list[Batch]:
         return epoch_batches(
-            self.train_examples, batch_size=self.training.batch_size, max_length=self.config.dataset.max_length,
-            pad_id=self.pad_id, seed=self.config.seed, epoch=epoch, packing=self.training.packing,
-            group_by_length=self.training.group_by_length, pad_to_multiple_of=8 if self.device.type == "cuda" else None)
+            self.train_examples,
+            batch_size=self.training.batch_size,
+            max_length=self.config.dataset.max_length,
+            pad_id=self.pad_id,
+            seed=self.config.seed,
+            epoch=epoch,
+            packing=self.training.packing,
+            group_by_length=self.training.group_by_length,
+            pad_to_multiple_of=8 if self.device.type == "cuda" else None,
+        )
 
     # -- persistence
 
@@ -246,15 +293,24 @@ class Trainer:
             path.write_text("".join(line + "\n" for line in kept))
 
     def _save(self, step: int, epoch: int, batch_in_epoch: int) -> Path:
-        state = TrainingState(step, epoch, batch_in_epoch, self.optimizer.state_dict(), self.scheduler.state_dict(),
-                              _rng_state(), {"total_steps": self.total_steps, "seed": self.config.seed})
+        state = TrainingState(
+            step,
+            epoch,
+            batch_in_epoch,
+            self.optimizer.state_dict(),
+            self.scheduler.state_dict(),
+            _rng_state(),
+            {"total_steps": self.total_steps, "seed": self.config.seed},
+        )
         return save_checkpoint(self.model, self.output_dir / f"{CHECKPOINT_PREFIX}{step:06d}", state)
 
     def _restore(self, checkpoint_dir: Path) -> TrainingState:
         state = load_training_state(checkpoint_dir)
         if state.extra.get("total_steps") != self.total_steps:
-            raise CheckpointError(f"{checkpoint_dir}: planned for {state.extra.get('total_steps')} steps, this run "
-                                  f"plans {self.total_steps}; resume with the same config")
+            raise CheckpointError(
+                f"{checkpoint_dir}: planned for {state.extra.get('total_steps')} steps, this run "
+                f"plans {self.total_steps}; resume with the same config"
+            )
         load_weights_into(self.model, checkpoint_dir)
         self.optimizer.load_state_dict(state.optimizer)
         self.scheduler.load_state_dict(state.scheduler)
@@ -263,22 +319,36 @@ class Trainer:
 
     # -- the loop
 
+    def request_stop(self, signum: int) -> None:
+        """Ask the loop to stop after the optimizer step in progress (a signal handler calls this)."""
+        self.stop_signal = signum
+
     def train(self, resume_from: str | Path | None = None) -> TrainResult:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         step, epoch, batch_in_epoch = 0, 0, 0
+        last_good: Path | None = None
         if resume_from is not None:
             state = self._restore(Path(resume_from))
             step, epoch, batch_in_epoch = state.step, state.epoch, state.batch_in_epoch
+            last_good = Path(resume_from)
             self._truncate_metrics(step)
         else:
             torch.manual_seed(self.config.seed)
             random.seed(self.config.seed)
-        result = TrainResult(self.output_dir, [], [], self.total_steps, self.warmup_steps, self.steps_per_epoch,
-                             self.epochs_planned, epoch, resumed_from=step)
+        result = TrainResult(
+            self.output_dir,
+            [],
+            [],
+            self.total_steps,
+            self.warmup_steps,
+            self.steps_per_epoch,
+            self.epochs_planned,
+            epoch,
+            resumed_from=step,
+        )
         self.model.train()
         progress = _progress(self.total_steps, step)
-        recompute = self.training.gradient_checkpointing
-        last_good = None
+        recompute = self.config.gradient_checkpointing(self.device.type)
         plan = self._epoch_plan(epoch)
         while step < self.total_steps:
             start = batch_in_epoch * self.accumulation
@@ -287,21 +357,49 @@ class Trainer:
                 self._metrics({"type": "epoch_end", "step": step, "epoch": epoch})
                 plan = self._epoch_plan(epoch)
                 continue
-            group = plan[start:start + self.accumulation]
+            group = plan[start : start + self.accumulation]
             lr = self.optimizer.param_groups[0]["lr"]
             began = time.perf_counter()
             try:
-                outcome = training_step(self.model, group, self.optimizer, max_grad_norm=self.training.max_grad_norm,
-                                        device=self.device, recompute_logits=recompute)
+                outcome = training_step(
+                    self.model,
+                    group,
+                    self.optimizer,
+                    max_grad_norm=self.training.max_grad_norm,
+                    device=self.device,
+                    recompute_logits=recompute,
+                )
             except TrainingError as exc:
+                batch_in_epoch += 1  # the bad batch is consumed either way
+                if len(result.skipped) < self.training.skip_nonfinite:
+                    result.skipped.append({"step": step + 1, "error": str(exc)})
+                    self._metrics({"type": "skipped", "step": step + 1, "error": str(exc)})
+                    continue
                 kept = f"last good checkpoint: {last_good}" if last_good else "no checkpoint was saved yet"
                 self._metrics({"type": "error", "step": step + 1, "error": str(exc)})
                 raise TrainingError(f"step {step + 1}: {exc}; stopped, {kept}") from None
+            except torch.cuda.OutOfMemoryError:
+                peak = memory_mb(self.device) / 1024
+                raise TrainingError(
+                    f"step {step + 1}: CUDA out of memory (peak {peak:.2f} GB allocated); try a smaller "
+                    "training.batch_size with more gradient_accumulation_steps, training.gradient_checkpointing: "
+                    "true, or adapter: qlora"
+                ) from None
             self.scheduler.step()
             seconds = time.perf_counter() - began
             step, batch_in_epoch = step + 1, batch_in_epoch + 1
-            record = StepRecord(step, epoch, outcome.loss, lr, outcome.grad_norm, outcome.num_tokens,
-                                outcome.num_targets, seconds, outcome.num_tokens / seconds, memory_mb(self.device))
+            record = StepRecord(
+                step,
+                epoch,
+                outcome.loss,
+                lr,
+                outcome.grad_norm,
+                outcome.num_tokens,
+                outcome.num_targets,
+                seconds,
+                outcome.num_tokens / seconds,
+                memory_mb(self.device),
+            )
             result.history.append(record)
             self._metrics({"type": "train", **asdict(record)})
             progress.update(1)
@@ -312,9 +410,13 @@ class Trainer:
                 eval_loss = evaluate_loss(self.model, self.eval_batches, self.device)
                 result.evals.append({"step": step, "eval_loss": eval_loss})
                 self._metrics({"type": "eval", "step": step, "eval_loss": eval_loss})
-            if step % self.training.save_steps == 0 or step == self.total_steps:
+            if step % self.training.save_steps == 0 or step == self.total_steps or self.stop_signal:
                 last_good = self._save(step, epoch, batch_in_epoch)
                 result.checkpoints.append(last_good)
+            if self.stop_signal and step < self.total_steps:
+                progress.close()
+                self._metrics({"type": "interrupted", "step": step, "signal": self.stop_signal})
+                raise TrainingInterrupted(self.stop_signal, step, last_good)
         progress.close()
         finished_epoch = batch_in_epoch * self.accumulation >= len(plan)
         result.epochs_completed = epoch + 1 if finished_epoch else epoch
@@ -323,11 +425,20 @@ class Trainer:
         return result
 
 
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after writing a checkpoint at ``step``."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None) -> None:
+        super().__init__(f"stopped by signal {signum} at step {step}")
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+
+
 def _progress(total: int, initial: int) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc="train", unit="step", disable=not sys.stderr.isatty(),
-                dynamic_ncols=True)
+    return tqdm(
+        total=total, initial=initial, desc="train", unit="step", disable=not sys.stderr.isatty(), dynamic_ncols=True
+    )
 
 
 def load_weights_into(model: Any, checkpoint_dir: str | Path) -> None:
@@ -340,10 +451,16 @@ def load_weights_into(model: Any, checkpoint_dir: str | Path) -> None:
     if adapter.is_file():
         from peft import set_peft_model_state_dict
 
-        result = set_peft_model_state_dict(model, load_file(str(adapter)))
+        try:
+            result = set_peft_model_state_dict(model, load_file(str(adapter)))
+        except RuntimeError as exc:
+            detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc)[:200])
+            raise CheckpointError(f"{adapter}: does not fit this model ({detail[:200]})") from None
         unexpected = getattr(result, "unexpected_keys", [])
         if unexpected:
-            raise CheckpointError(f"{adapter}: {len(unexpected)} tensors do not belong to this model, e.g. {unexpected[0]}")
+            raise CheckpointError(
+                f"{adapter}: {len(unexpected)} tensors do not belong to this model, e.g. {unexpected[0]}"
+            )
         return
     full = checkpoint_dir / "model.safetensors"
     if not full.is_file():
@@ -357,8 +474,10 @@ def prepare_output_dir(output_dir: Path, *, resuming: bool, overwrite: bool) -> 
     if not previous or resuming:
         return
     if not overwrite:
-        raise TrainingError(f"{output_dir}: holds a previous run (checkpoints or {METRICS_FILE}); "
-                            "pass --resume to continue it or --overwrite to replace it")
+        raise TrainingError(
+            f"{output_dir}: holds a previous run (checkpoints or {METRICS_FILE}); "
+            "pass --resume to continue it or --overwrite to replace it"
+        )
     import shutil
 
     for path in output_dir.iterdir():

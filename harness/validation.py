@@ -98,10 +98,15 @@ class Validator:
     """Run the criteria for one config. ``after_training`` is called with the final checkpoint before it
     is reloaded (tests use it to plant a corrupt file)."""
 
-    def __init__(self, config: RunConfig, out_dir: str | Path, *,
-                 on_criterion: Callable[[Criterion], None] | None = None,
-                 on_progress: Callable[[str], None] | None = None,
-                 after_training: Callable[[Path], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        out_dir: str | Path,
+        *,
+        on_criterion: Callable[[Criterion], None] | None = None,
+        on_progress: Callable[[str], None] | None = None,
+        after_training: Callable[[Path], None] | None = None,
+    ) -> None:
         self.config = config
         self.out_dir = Path(out_dir)
         self.on_criterion = on_criterion or (lambda _c: None)
@@ -116,7 +121,11 @@ class Validator:
     def _set(self, cid: str, passed: bool, measured: str, threshold: str, detail: str = "") -> None:
         criterion = self.criteria[cid]
         criterion.status, criterion.measured, criterion.threshold, criterion.detail = (
-            PASS if passed else FAIL, measured, threshold, detail)
+            PASS if passed else FAIL,
+            measured,
+            threshold,
+            detail,
+        )
         self.on_criterion(criterion)
 
     def _skip(self, cid: str, reason: str) -> None:
@@ -186,11 +195,13 @@ class Validator:
         run = self.outcome.run
         assert run is not None
         run.load_data()
-        assert run.data is not None
         self._fit_epochs_to_step_cap(run)
         self.outcome.facts["data"] = run.data.stats.to_dict() | {
-            "source": run.data.source, "train_examples": len(run.data.train),
-            "validation_examples": len(run.data.validation), "held_out_records": len(run.data.held_out)}
+            "source": run.data.source,
+            "train_examples": len(run.data.train),
+            "validation_examples": len(run.data.validation),
+            "held_out_records": len(run.data.held_out),
+        }
 
     def _fit_epochs_to_step_cap(self, run: Run) -> None:
         """A validation checks every stage, epoch boundaries included: under a step cap, the training
@@ -200,11 +211,15 @@ class Validator:
             return
         steps_per_epoch = training.max_steps // training.epochs
         if steps_per_epoch == 0:
-            raise ConfigError(f"training.max_steps: {training.max_steps} is fewer than training.epochs ({training.epochs})")
+            raise ConfigError(
+                f"training.max_steps: {training.max_steps} is fewer than training.epochs ({training.epochs})"
+            )
         keep = steps_per_epoch * training.batch_size * training.gradient_accumulation_steps
         if len(run.data.train) > keep and not training.packing:
-            self.outcome.facts["step_cap"] = (f"training set cut from {len(run.data.train)} to {keep} examples so "
-                                              f"{training.epochs} epoch(s) fit in {training.max_steps} steps")
+            self.outcome.facts["step_cap"] = (
+                f"training set cut from {len(run.data.train)} to {keep} examples so "
+                f"{training.epochs} epoch(s) fit in {training.max_steps} steps"
+            )
             run.data.train = run.data.train[:keep]
         capped = dataclasses.replace(training, max_steps=None if len(run.data.train) <= keep else training.max_steps)
         self.config = run.config = dataclasses.replace(self.config, training=capped)
@@ -219,17 +234,24 @@ class Validator:
         resolved = run.resolved
         in_cache = resolved.source != "local"
         what = f"{resolved.served_as}{' (random init)' if resolved.random_init else ''}"
-        self._set("model_loads", in_cache or resolved.source == "local",
-                  f"{what}, {resolved.source}, loaded in {seconds:.1f} s", "a snapshot from a hub cache or local dir",
-                  str(resolved.path))
+        self._set(
+            "model_loads",
+            in_cache or resolved.source == "local",
+            f"{what}, {resolved.source}, loaded in {seconds:.1f} s",
+            "a snapshot from a hub cache or local dir",
+            str(resolved.path),
+        )
 
     def _check_tokenizer(self) -> None:
         tokenizer = self.outcome.run.tokenizer  # type: ignore[union-attr]
         ids = tokenizer(TOKENIZER_SAMPLE, add_special_tokens=False)["input_ids"]
         decoded = tokenizer.decode(ids)
-        self._set("tokenizer_roundtrip", decoded == TOKENIZER_SAMPLE and len(ids) > 0,
-                  f"{len(ids)} tokens, round trip {'exact' if decoded == TOKENIZER_SAMPLE else 'differs'}",
-                  "decode(encode(text)) == text")
+        self._set(
+            "tokenizer_roundtrip",
+            decoded == TOKENIZER_SAMPLE and len(ids) > 0,
+            f"{len(ids)} tokens, round trip {'exact' if decoded == TOKENIZER_SAMPLE else 'differs'}",
+            "decode(encode(text)) == text",
+        )
 
     def _check_forward(self) -> None:
         run = self.outcome.run
@@ -240,9 +262,12 @@ class Validator:
             logits = model(**encoded).logits
         expected = (1, encoded["input_ids"].shape[1], run.info.vocab_size)
         finite = bool(torch.isfinite(logits).all())
-        self._set("forward_logits", tuple(logits.shape) == expected and finite,
-                  f"shape {tuple(logits.shape)}, {'all finite' if finite else 'non-finite values'}",
-                  f"shape {expected}, all finite")
+        self._set(
+            "forward_logits",
+            tuple(logits.shape) == expected and finite,
+            f"shape {tuple(logits.shape)}, {'all finite' if finite else 'non-finite values'}",
+            f"shape {expected}, all finite",
+        )
 
     def _build_adapter(self) -> None:
         from harness.adapters import build_adapter
@@ -258,10 +283,13 @@ class Validator:
             self._set("adapter_dimensions", True, "full fine-tune (no LoRA layers)", "n/a")
             return
         expected = run.info.num_layers * len(summary.target_modules)
-        self._set("adapter_dimensions", summary.lora_layers == expected,
-                  f"{summary.lora_layers} layers, every A/B shape = target_dims(ModelInfo)",
-                  f"{run.info.num_layers} layers x {len(summary.target_modules)} targets = {expected}",
-                  summary.describe())
+        self._set(
+            "adapter_dimensions",
+            summary.lora_layers == expected,
+            f"{summary.lora_layers} layers, every A/B shape = target_dims(ModelInfo)",
+            f"{run.info.num_layers} layers x {len(summary.target_modules)} targets = {expected}",
+            summary.describe(),
+        )
 
     # -- generation and perplexity, before and after
 
@@ -291,13 +319,19 @@ class Validator:
             for record, output in zip(records, outputs):
                 per_family.setdefault(record.family, []).append(is_correct(record, output))
             correct = [ok for oks in per_family.values() for ok in oks]
-            return {"accuracy": sum(correct) / max(1, len(correct)),
-                    "per_family": {k: sum(v) / len(v) for k, v in per_family.items()},
-                    "examples": [{"prompt_input": r.input, "expected": r.output, "generated": o}
-                                 for r, o in list(zip(records, outputs))[:5]]}
+            return {
+                "accuracy": sum(correct) / max(1, len(correct)),
+                "per_family": {k: sum(v) / len(v) for k, v in per_family.items()},
+                "examples": [
+                    {"prompt_input": r.input, "expected": r.output, "generated": o}
+                    for r, o in list(zip(records, outputs))[:5]
+                ],
+            }
         coherent = [_is_coherent(o) for o in outputs]
-        return {"coherent_fraction": sum(coherent) / max(1, len(coherent)),
-                "examples": [{"instruction": r.instruction, "generated": o} for r, o in list(zip(records, outputs))[:5]]}
+        return {
+            "coherent_fraction": sum(coherent) / max(1, len(coherent)),
+            "examples": [{"instruction": r.instruction, "generated": o} for r, o in list(zip(records, outputs))[:5]],
+        }
 
     def _measure_before(self) -> None:
         if not self.config.validation.generation:
@@ -305,7 +339,8 @@ class Validator:
         records = self._held_out_sample()
         self.on_progress(f"generating {len(records)} held-out answers before training")
         self.outcome.facts["before"] = self._generation_score(records, self._generate(records)) | {
-            "reference_perplexity": self._reference_perplexity()}
+            "reference_perplexity": self._reference_perplexity()
+        }
 
     def _measure_after(self) -> None:
         validation = self.config.validation
@@ -321,25 +356,37 @@ class Validator:
         records = self._held_out_sample()
         self.on_progress(f"generating {len(records)} held-out answers after training")
         after = self._generation_score(records, self._generate(records)) | {
-            "reference_perplexity": self._reference_perplexity()}
+            "reference_perplexity": self._reference_perplexity()
+        }
         self.outcome.facts["after"] = after
         if "accuracy" in after:
             gain = after["accuracy"] - before["accuracy"]
             families = ", ".join(f"{k} {v:.0%}" for k, v in after["per_family"].items())
-            self._set("generation", gain >= validation.min_accuracy_gain,
-                      f"held-out exact match {before['accuracy']:.0%} -> {after['accuracy']:.0%} "
-                      f"(+{gain * 100:.0f} points; n={len(records)})",
-                      f">= +{validation.min_accuracy_gain * 100:.0f} points", f"after, per family: {families}")
+            self._set(
+                "generation",
+                gain >= validation.min_accuracy_gain,
+                f"held-out exact match {before['accuracy']:.0%} -> {after['accuracy']:.0%} "
+                f"(+{gain * 100:.0f} points; n={len(records)})",
+                f">= +{validation.min_accuracy_gain * 100:.0f} points",
+                f"after, per family: {families}",
+            )
         else:
             fraction = after["coherent_fraction"]
-            self._set("generation", fraction >= 0.8,
-                      f"{fraction:.0%} of {len(records)} held-out answers non-empty and non-repetitive "
-                      f"(before: {before['coherent_fraction']:.0%})", ">= 80%",
-                      "exact match needs checkable answers (the built-in task set); this data has free text")
+            self._set(
+                "generation",
+                fraction >= 0.8,
+                f"{fraction:.0%} of {len(records)} held-out answers non-empty and non-repetitive "
+                f"(before: {before['coherent_fraction']:.0%})",
+                ">= 80%",
+                "exact match needs checkable answers (the built-in task set); this data has free text",
+            )
         ratio = after["reference_perplexity"] / before["reference_perplexity"]
-        self._set("forgetting_guard", ratio <= validation.max_perplexity_ratio,
-                  f"perplexity {before['reference_perplexity']:.2f} -> {after['reference_perplexity']:.2f} "
-                  f"(x{ratio:.2f})", f"<= x{validation.max_perplexity_ratio:g}")
+        self._set(
+            "forgetting_guard",
+            ratio <= validation.max_perplexity_ratio,
+            f"perplexity {before['reference_perplexity']:.2f} -> {after['reference_perplexity']:.2f} (x{ratio:.2f})",
+            f"<= x{validation.max_perplexity_ratio:g}",
+        )
 
     # -- training and its curves
 
@@ -347,10 +394,16 @@ class Validator:
         run = self.outcome.run
         assert run is not None
         trainer = run.trainer(output_dir=str(self.out_dir / "training"))
-        self.on_progress(f"training {trainer.total_steps} steps ({trainer.epochs_planned} epoch(s) of "
-                         f"{trainer.steps_per_epoch}) on {run.device}")
-        self.outcome.facts["plan"] = {"total_steps": trainer.total_steps, "warmup_steps": trainer.warmup_steps,
-                                      "steps_per_epoch": trainer.steps_per_epoch, "epochs": trainer.epochs_planned}
+        self.on_progress(
+            f"training {trainer.total_steps} steps ({trainer.epochs_planned} epoch(s) of "
+            f"{trainer.steps_per_epoch}) on {run.device}"
+        )
+        self.outcome.facts["plan"] = {
+            "total_steps": trainer.total_steps,
+            "warmup_steps": trainer.warmup_steps,
+            "steps_per_epoch": trainer.steps_per_epoch,
+            "epochs": trainer.epochs_planned,
+        }
         began = time.perf_counter()
         try:
             result = trainer.train()
@@ -359,13 +412,20 @@ class Validator:
         self.outcome.train = result
         history = result.history
         tokens = sum(r.tokens for r in history)
-        self.outcome.facts["throughput"] = {"tokens": tokens, "target_tokens": sum(r.target_tokens for r in history),
-                                            "tokens_per_s": tokens / max(1e-9, sum(r.seconds for r in history))}
+        self.outcome.facts["throughput"] = {
+            "tokens": tokens,
+            "target_tokens": sum(r.target_tokens for r in history),
+            "tokens_per_s": tokens / max(1e-9, sum(r.seconds for r in history)),
+        }
         first = history[0]
         self._set("training_step", True, f"step 1: {first.tokens} tokens in {first.seconds:.2f} s", "completes")
         limit = self.config.validation.max_first_loss
-        self._set("first_loss", math.isfinite(first.loss) and first.loss < limit, f"{first.loss:.4f}",
-                  f"finite and < {limit:g}")
+        self._set(
+            "first_loss",
+            math.isfinite(first.loss) and first.loss < limit,
+            f"{first.loss:.4f}",
+            f"finite and < {limit:g}",
+        )
 
     def _check_training_curves(self) -> None:
         result = self.outcome.train
@@ -375,27 +435,48 @@ class Validator:
         window = min(validation.loss_window, max(1, len(losses) // 2))
         first, last = statistics.fmean(losses[:window]), statistics.fmean(losses[-window:])
         steps_ok = len(losses) >= validation.min_steps
-        self._set("loss_decreases", steps_ok and last <= validation.loss_decrease_ratio * first,
-                  f"mean of first {window} steps {first:.4f} -> last {window} {last:.4f} (x{last / first:.3f}) "
-                  f"over {len(losses)} steps",
-                  f"<= x{validation.loss_decrease_ratio:g} over >= {validation.min_steps} steps")
+        self._set(
+            "loss_decreases",
+            steps_ok and last <= validation.loss_decrease_ratio * first,
+            f"mean of first {window} steps {first:.4f} -> last {window} {last:.4f} (x{last / first:.3f}) "
+            f"over {len(losses)} steps",
+            f"<= x{validation.loss_decrease_ratio:g} over >= {validation.min_steps} steps",
+        )
         norms = [r.grad_norm for r in result.history]
         finite = all(math.isfinite(n) for n in norms)
         median = statistics.median(norms)
-        self._set("gradient_norms", finite and max(norms) <= validation.grad_norm_max and median >= validation.grad_norm_min,
-                  f"min {min(norms):.3g}, median {median:.3g}, max {max(norms):.3g}",
-                  f"all finite, max <= {validation.grad_norm_max:g}, median >= {validation.grad_norm_min:g}")
-        mismatches = [r.step for r in result.history if not math.isclose(
-            r.lr, training.learning_rate * lr_factor(r.step - 1, result.total_steps, result.warmup_steps,
-                                                     training.lr_scheduler), rel_tol=1e-9, abs_tol=1e-15)]
-        self._set("lr_schedule", not mismatches,
-                  f"{len(result.history) - len(mismatches)}/{len(result.history)} steps match "
-                  f"({training.lr_scheduler}, {result.warmup_steps} warmup steps, peak {training.learning_rate:g})",
-                  "every logged step == formula", f"first mismatch at step {mismatches[0]}" if mismatches else "")
-        self._set("epochs_complete", result.epochs_completed >= result.epochs_planned,
-                  f"{result.epochs_completed}/{result.epochs_planned} epochs "
-                  f"({result.steps_per_epoch} steps per epoch, {result.total_steps} steps)",
-                  "all planned epochs")
+        self._set(
+            "gradient_norms",
+            finite and max(norms) <= validation.grad_norm_max and median >= validation.grad_norm_min,
+            f"min {min(norms):.3g}, median {median:.3g}, max {max(norms):.3g}",
+            f"all finite, max <= {validation.grad_norm_max:g}, median >= {validation.grad_norm_min:g}",
+        )
+        mismatches = [
+            r.step
+            for r in result.history
+            if not math.isclose(
+                r.lr,
+                training.learning_rate
+                * lr_factor(r.step - 1, result.total_steps, result.warmup_steps, training.lr_scheduler),
+                rel_tol=1e-9,
+                abs_tol=1e-15,
+            )
+        ]
+        self._set(
+            "lr_schedule",
+            not mismatches,
+            f"{len(result.history) - len(mismatches)}/{len(result.history)} steps match "
+            f"({training.lr_scheduler}, {result.warmup_steps} warmup steps, peak {training.learning_rate:g})",
+            "every logged step == formula",
+            f"first mismatch at step {mismatches[0]}" if mismatches else "",
+        )
+        self._set(
+            "epochs_complete",
+            result.epochs_completed >= result.epochs_planned,
+            f"{result.epochs_completed}/{result.epochs_planned} epochs "
+            f"({result.steps_per_epoch} steps per epoch, {result.total_steps} steps)",
+            "all planned epochs",
+        )
 
     # -- checkpoint save and reload
 
@@ -411,8 +492,13 @@ class Validator:
         weights = final / (ADAPTER_WEIGHTS if self.config.adapter != "none" else "model.safetensors")
         with safe_open(str(weights), framework="pt") as handle:
             count = len(list(handle.keys()))
-        self._set("checkpoint_saves", count > 0, f"{weights.name}: {count} tensors, {weights.stat().st_size:,} bytes",
-                  "a readable safetensors file", str(final))
+        self._set(
+            "checkpoint_saves",
+            count > 0,
+            f"{weights.name}: {count} tensors, {weights.stat().st_size:,} bytes",
+            "a readable safetensors file",
+            str(final),
+        )
         if self.after_training:
             self.after_training(final)
 
@@ -441,14 +527,25 @@ class Validator:
             again = reloaded.eval()(**inputs).logits.float()
         diff = float((trained - again).abs().max())
         tolerance = 1e-4 if self.config.adapter != "qlora" else 1e-3
-        self._set("checkpoint_loads", diff <= tolerance, f"max |logit diff| {diff:.2e}", f"<= {tolerance:g}",
-                  f"reloaded {final.name} with peft.PeftModel.from_pretrained" if self.config.adapter != "none" else "")
+        self._set(
+            "checkpoint_loads",
+            diff <= tolerance,
+            f"max |logit diff| {diff:.2e}",
+            f"<= {tolerance:g}",
+            f"reloaded {final.name} with peft.PeftModel.from_pretrained" if self.config.adapter != "none" else "",
+        )
         if self.config.adapter != "none":
-            self._set("adapter_config", adapter_ok,
-                      "accepted by PeftModel.from_pretrained; " + (f"missing {', '.join(missing)}" if missing else
-                                                                     f"r={config['r']}, lora_alpha={config['lora_alpha']}, "
-                                                                     f"task_type={config['task_type']}"),
-                      "loads, and lists " + ", ".join(REQUIRED_ADAPTER_KEYS))
+            self._set(
+                "adapter_config",
+                adapter_ok,
+                "accepted by PeftModel.from_pretrained; "
+                + (
+                    f"missing {', '.join(missing)}"
+                    if missing
+                    else f"r={config['r']}, lora_alpha={config['lora_alpha']}, task_type={config['task_type']}"
+                ),
+                "loads, and lists " + ", ".join(REQUIRED_ADAPTER_KEYS),
+            )
         del reloaded
 
 

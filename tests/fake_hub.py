@@ -44,17 +44,25 @@ class FakeHub:
                         payload = json.dumps({"id": repo_id, "sha": COMMIT, "siblings": siblings}).encode()
                         return self._reply(200, payload, "application/json", body)
                     if path.startswith(tree_prefix):
-                        entries = [{"type": "file", "path": p.name, "size": p.stat().st_size,
-                                    "oid": hashlib.sha1(p.read_bytes()).hexdigest()}
-                                   for p in sorted(folder.iterdir()) if p.is_file()]
+                        entries = [
+                            {
+                                "type": "file",
+                                "path": p.name,
+                                "size": p.stat().st_size,
+                                "oid": hashlib.sha1(p.read_bytes()).hexdigest(),
+                            }
+                            for p in sorted(folder.iterdir())
+                            if p.is_file()
+                        ]
                         return self._reply(200, json.dumps(entries).encode(), "application/json", body)
                     if path.startswith(file_prefix):
-                        name = path[len(file_prefix):].split("/", 1)[1]
+                        name = path[len(file_prefix) :].split("/", 1)[1]
                         file = folder / name
                         if file.is_file():
                             return self._reply(200, file.read_bytes(), "application/octet-stream", body)
-                return self._reply(404, b'{"error": "not found"}', "application/json", body,
-                                   extra={"X-Error-Code": "RepoNotFound"})
+                return self._reply(
+                    404, b'{"error": "not found"}', "application/json", body, extra={"X-Error-Code": "RepoNotFound"}
+                )
 
             def _reply(self, status, payload, content_type, body, extra=None):
                 self.send_response(status)

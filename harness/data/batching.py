@@ -59,8 +59,10 @@ def pad_batch(examples: list[Example], pad_id: int, pad_to_multiple_of: int | No
         input_ids[row, :length] = torch.tensor(example.input_ids)
         labels[row, :length] = torch.tensor(example.labels)
         attention_mask[row, :length] = 1
-    return _batch({"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels},
-                  sum(len(e.input_ids) for e in examples))
+    return _batch(
+        {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels},
+        sum(len(e.input_ids) for e in examples),
+    )
 
 
 def pack_examples(examples: list[Example], max_length: int) -> list[PackedRow]:
@@ -92,8 +94,9 @@ def collate_packed(rows: list[PackedRow], pad_id: int, pad_to_multiple_of: int |
         labels[index, :length] = torch.tensor(row.labels)
         position_ids[index, :length] = torch.tensor(row.position_ids)
         position_ids[index, length:] = torch.arange(width - length)
-    return _batch({"input_ids": input_ids, "labels": labels, "position_ids": position_ids},
-                  sum(len(r.input_ids) for r in rows))
+    return _batch(
+        {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}, sum(len(r.input_ids) for r in rows)
+    )
 
 
 def length_grouped_order(lengths: list[int], batch_size: int, rng: random.Random, mega_batches: int = 50) -> list[int]:
@@ -104,15 +107,24 @@ def length_grouped_order(lengths: list[int], batch_size: int, rng: random.Random
     window = batch_size * mega_batches
     grouped: list[int] = []
     for start in range(0, len(order), window):
-        grouped.extend(sorted(order[start:start + window], key=lambda i: -lengths[i]))
-    batches = [grouped[i:i + batch_size] for i in range(0, len(grouped), batch_size)]
+        grouped.extend(sorted(order[start : start + window], key=lambda i: -lengths[i]))
+    batches = [grouped[i : i + batch_size] for i in range(0, len(grouped), batch_size)]
     rng.shuffle(batches)
     return [index for batch in batches for index in batch]
 
 
 def epoch_batches(
-    examples: list[Example], *, batch_size: int, max_length: int, pad_id: int, seed: int, epoch: int,
-    packing: bool = False, group_by_length: bool = False, shuffle: bool = True, pad_to_multiple_of: int | None = None,
+    examples: list[Example],
+    *,
+    batch_size: int,
+    max_length: int,
+    pad_id: int,
+    seed: int,
+    epoch: int,
+    packing: bool = False,
+    group_by_length: bool = False,
+    shuffle: bool = True,
+    pad_to_multiple_of: int | None = None,
 ) -> list[Batch]:
     """Every micro batch of one epoch, in order. The order depends only on (seed, epoch), which is what
     makes a resumed run see exactly the batches the uninterrupted run would have."""
@@ -126,9 +138,10 @@ def epoch_batches(
     ordered = [examples[i] for i in order]
     if packing:
         rows = pack_examples(ordered, max_length)
-        return [collate_packed(rows[i:i + batch_size], pad_id, pad_to_multiple_of)
-                for i in range(0, len(rows), batch_size)]
-    return [pad_batch(ordered[i:i + batch_size], pad_id, pad_to_multiple_of)
-            for i in range(0, len(ordered), batch_size)]
-
-
+        return [
+            collate_packed(rows[i : i + batch_size], pad_id, pad_to_multiple_of)
+            for i in range(0, len(rows), batch_size)
+        ]
+    return [
+        pad_batch(ordered[i : i + batch_size], pad_id, pad_to_multiple_of) for i in range(0, len(ordered), batch_size)
+    ]

@@ -78,13 +78,13 @@ def _conversation_segments(messages: list[dict[str, str]], tokenizer: Any) -> li
     for index, message in enumerate(messages):
         if message["role"] == "assistant":
             before = render(messages[:index], True) if index else []
-            if before[:len(done)] == done and len(before) > len(done):
-                segments.append((before[len(done):], False))
+            if before[: len(done)] == done and len(before) > len(done):
+                segments.append((before[len(done) :], False))
                 done = before
-        full = render(messages[:index + 1], False)
-        if full[:len(done)] != done:
+        full = render(messages[: index + 1], False)
+        if full[: len(done)] != done:
             raise DataError("dataset.type: the chat template does not render conversations incrementally")
-        segments.append((full[len(done):], message["role"] == "assistant"))
+        segments.append((full[len(done) :], message["role"] == "assistant"))
         done = full
     return segments
 
@@ -116,8 +116,13 @@ class DataStats:
     target_tokens: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rows_read": self.rows_read, "dropped": dict(self.dropped), "truncated": self.truncated,
-                "tokens": self.tokens, "target_tokens": self.target_tokens}
+        return {
+            "rows_read": self.rows_read,
+            "dropped": dict(self.dropped),
+            "truncated": self.truncated,
+            "tokens": self.tokens,
+            "target_tokens": self.target_tokens,
+        }
 
 
 @dataclass

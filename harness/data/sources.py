@@ -28,8 +28,15 @@ CONVERSATION_FIELDS: dict[str, tuple[str, str, str]] = {
     "oasst": ("messages", "role", "content"),
     "sharegpt": ("conversations", "from", "value"),
 }
-ROLES = {"system": "system", "user": "user", "human": "user", "prompter": "user",
-         "assistant": "assistant", "gpt": "assistant", "bot": "assistant"}
+ROLES = {
+    "system": "system",
+    "user": "user",
+    "human": "user",
+    "prompter": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "bot": "assistant",
+}
 OPTIONAL_FIELDS = {"input"}
 
 
@@ -102,8 +109,10 @@ def _load_table(source: str) -> Any:
         elif suffix == ".parquet":
             builder = "parquet"
         else:
-            raise DataError(f"{path}: unsupported file type '{suffix}'; allowed: .json, .jsonl, .parquet, "
-                            "a directory saved by datasets, or a hub id")
+            raise DataError(
+                f"{path}: unsupported file type '{suffix}'; allowed: .json, .jsonl, .parquet, "
+                "a directory saved by datasets, or a hub id"
+            )
         try:
             return datasets.load_dataset(builder, data_files=str(path), split="train")
         except Exception as exc:
@@ -144,7 +153,7 @@ def normalize_row(row: dict[str, Any], data_type: str) -> Record:
             raise ValueError(f"field '{mapping['instruction']}': empty")
         if not values["output"].strip():
             raise ValueError(f"field '{mapping['output']}': empty output")
-        return Record(**values)
+        return Record(instruction=values["instruction"], input=values["input"], output=values["output"])
     list_field, role_key, content_key = CONVERSATION_FIELDS[data_type]
     turns = row.get(list_field)
     if not isinstance(turns, list) or not turns:

@@ -17,13 +17,13 @@ from harness.data.sources import Record
 from harness.errors import DataError
 
 WORDS = (
-    "apple river cloud stone tiger candle garden mirror window rocket silver forest ocean pencil "
-    "castle dragon engine falcon guitar harbor island jacket kettle lemon marble needle orange "
-    "planet quartz rabbit saddle tunnel violin walnut yellow zebra anchor bridge copper desert "
-    "feather glacier hammer igloo jungle ladder meadow nickel oyster pepper quiver rainbow "
-    "shadow thunder umbrella valley wizard basket cactus donkey eagle fossil goblet helmet "
-    "ivory jigsaw koala lantern magnet nectar orchid parrot quill ribbon spider tomato unicorn "
-    "velvet whistle yogurt zipper bamboo canyon dolphin ember fiddle granite hazel insect"
+    "apple river cloud stone tiger candle garden mirror window rocket silver forest ocean pencil castle "
+    "dragon engine falcon guitar harbor island jacket kettle lemon marble needle orange planet quartz "
+    "rabbit saddle tunnel violin walnut yellow zebra anchor bridge copper desert feather glacier hammer "
+    "igloo jungle ladder meadow nickel oyster pepper quiver rainbow shadow thunder umbrella valley wizard "
+    "basket cactus donkey eagle fossil goblet helmet ivory jigsaw koala lantern magnet nectar orchid "
+    "parrot quill ribbon spider tomato unicorn velvet whistle yogurt zipper bamboo canyon dolphin ember "
+    "fiddle granite hazel insect"
 ).split()
 ORDINALS = {1: "1st", 2: "2nd", 3: "3rd", 4: "4th", 5: "5th"}
 
@@ -74,13 +74,16 @@ def _nth_item(rng: random.Random) -> tuple[str, str]:
     return f"position {ORDINALS[n]}: " + ", ".join(words), words[n - 1]
 
 
-FAMILIES: dict[str, TaskFamily] = {family.name: family for family in (
-    TaskFamily("sort_numbers", "Sort these numbers in ascending order.", _sort_numbers, _number_list),
-    TaskFamily("reverse_words", "Reverse the order of these words.", _reverse_words, _lower),
-    TaskFamily("uppercase", "Rewrite this text in uppercase letters.", _uppercase, _squash),
-    TaskFamily("add_numbers", "Add these two numbers and give only the sum.", _add_numbers, _squash),
-    TaskFamily("nth_item", "Give the item at the stated position in the list.", _nth_item, _lower),
-)}
+FAMILIES: dict[str, TaskFamily] = {
+    family.name: family
+    for family in (
+        TaskFamily("sort_numbers", "Sort these numbers in ascending order.", _sort_numbers, _number_list),
+        TaskFamily("reverse_words", "Reverse the order of these words.", _reverse_words, _lower),
+        TaskFamily("uppercase", "Rewrite this text in uppercase letters.", _uppercase, _squash),
+        TaskFamily("add_numbers", "Add these two numbers and give only the sum.", _add_numbers, _squash),
+        TaskFamily("nth_item", "Give the item at the stated position in the list.", _nth_item, _lower),
+    )
+}
 
 
 @dataclass

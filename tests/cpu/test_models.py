@@ -18,7 +18,7 @@ def test_plain_transformers_load_and_generation_knows_paris(smollm2):
     encoded = tokenizer("The capital of France is", return_tensors="pt")
     with torch.no_grad():
         output = model.generate(**encoded, max_new_tokens=8, do_sample=False)
-    text = tokenizer.decode(output[0][encoded["input_ids"].shape[1]:])
+    text = tokenizer.decode(output[0][encoded["input_ids"].shape[1] :])
     print(f"generated: {text!r}")
     assert "Paris" in text
 
@@ -30,8 +30,13 @@ def test_snapshot_has_no_quantization_record(smollm2):
 
 
 def _fetch_seconds(env):
-    done = subprocess.run([sys.executable, "-m", "harness", "fetch", "HuggingFaceTB/SmolLM2-135M"], env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "harness", "fetch", "HuggingFaceTB/SmolLM2-135M"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     match = re.search(r"source: (.+) \(([\d.]+) s\)", done.stdout)
     return match.group(1), float(match.group(2)), done.stderr

@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from harness.config import load_config
 from harness.report import write_report
 from harness.validation import FAIL, PASS, Validator
@@ -19,8 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def harness_cli(*args, timeout=900):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def statuses(report):
@@ -36,7 +35,9 @@ def test_default_validation_passes_end_to_end(tmp_path):
     assert set(statuses(report).values()) == {PASS}
     assert report["summary"] == {PASS: 15, FAIL: 0, "SKIPPED": 0, "exit_code": 0, "result": "PASS"}
     markdown = (tmp_path / "report.md").read_text()
-    assert markdown.startswith("# Validation report: PASS") and "| Loss decreases over 100+ steps | **PASS** |" in markdown
+    assert (
+        markdown.startswith("# Validation report: PASS") and "| Loss decreases over 100+ steps | **PASS** |" in markdown
+    )
     for plot in ("loss.png", "lr.png", "grad_norm.png"):
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "PASS: 15 passed, 0 failed, 0 skipped" in done.stdout
@@ -51,8 +52,13 @@ def test_smollm2_qlora_dev_config_passes_on_cpu(tmp_path, alpaca_1k):
     assert report["config"]["adapter"] == "qlora" and report["model"]["random_init"] is False
 
 
-FAST = ["dataset.num_examples=120", "training.batch_size=2", "validation.min_steps=20", "validation.eval_examples=8",
-        "dataset.max_length=96"]
+FAST = [
+    "dataset.num_examples=120",
+    "training.batch_size=2",
+    "validation.min_steps=20",
+    "validation.eval_examples=8",
+    "dataset.max_length=96",
+]
 
 
 def test_learning_rate_zero_fails_loss_decreases(tmp_path):
@@ -79,8 +85,11 @@ def test_corrupted_adapter_fails_checkpoint_loads_with_a_clear_message(tmp_path)
     got = {c.id: c for c in outcome.criteria}
     print(got["checkpoint_loads"])
     assert got["checkpoint_loads"].status == FAIL
-    assert got["checkpoint_loads"].detail.endswith("adapter_model.safetensors: corrupt: sha256 differs from manifest.json")
-    assert got["loss_decreases"].status == PASS  # a failure never hides the others
+    assert got["checkpoint_loads"].detail.endswith(
+        "adapter_model.safetensors: corrupt: sha256 differs from manifest.json"
+    )
+    # A failure never hides the others.
+    assert got["lr_schedule"].status == PASS and got["checkpoint_saves"].status == PASS
     assert outcome.exit_code == 1
 
 
@@ -95,7 +104,22 @@ def test_bad_config_exits_2_with_one_line(tmp_path):
 def test_missing_dataset_still_runs_the_model_checks(tmp_path):
     config = load_config(None, ["dataset.path=/nonexistent/data.jsonl"])
     got = {c.id: c for c in Validator(config, tmp_path).run().criteria}
-    assert [got[c].status for c in ("model_loads", "tokenizer_roundtrip", "forward_logits", "adapter_dimensions")] == [PASS] * 4
+    assert [got[c].status for c in ("model_loads", "tokenizer_roundtrip", "forward_logits", "adapter_dimensions")] == [
+        PASS
+    ] * 4
     assert got["training_step"].status == FAIL
-    assert got["training_step"].detail == "/nonexistent/data.jsonl: no such file or directory, and not a hub dataset id of the form org/name"
+    assert (
+        got["training_step"].detail
+        == "/nonexistent/data.jsonl: no such file or directory, and not a hub dataset id of the form org/name"
+    )
     assert got["loss_decreases"].status == "SKIPPED" and got["loss_decreases"].detail == "needs training data"
+
+
+def test_axolotl_style_smollm2_lora_file_validates_end_to_end(tmp_path):
+    done = harness_cli("validate", "configs/axolotl/smollm2_lora.yml", "--max-steps", "110", "--out", str(tmp_path))
+    print(done.stdout[-2500:])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert done.stderr.count("ignored axolotl keys:") == 1
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(statuses(report).values()) == {PASS}
+    assert "wandb_project (not supported)" in report["ignored_config_keys"]

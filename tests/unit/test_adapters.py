@@ -23,7 +23,9 @@ def tiny(tiny_llama):
 
 def test_lora_shapes_follow_model_info(tiny):
     model, info = tiny
-    peft_model, summary = build_adapter(model, config(**{"lora.r": 4, "lora.target_modules": "[q_proj, k_proj, down_proj]"}), info)
+    peft_model, summary = build_adapter(
+        model, config(**{"lora.r": 4, "lora.target_modules": "[q_proj, k_proj, down_proj]"}), info
+    )
     assert summary.lora_layers == info.num_layers * 3
     for name, module in peft_model.named_modules():
         if hasattr(module, "lora_A") and "default" in module.lora_A:
@@ -52,8 +54,10 @@ def test_absent_module_lists_what_the_model_has(tiny):
     model, info = tiny
     with pytest.raises(AdapterError) as caught:
         build_adapter(model, config(**{"lora.target_modules": "[qkv_proj]"}), info)
-    assert str(caught.value) == ("lora.target_modules: 'qkv_proj' is not a linear module of this model; it has: "
-                                 "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (or use all-linear)")
+    assert str(caught.value) == (
+        "lora.target_modules: 'qkv_proj' is not a linear module of this model; it has: "
+        "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (or use all-linear)"
+    )
 
 
 def test_shape_check_catches_a_wrong_model_info(tiny):
@@ -86,8 +90,11 @@ def test_qlora_on_cpu_builds_and_trains_a_step(tiny_llama):
     peft_model, summary = build_adapter(model, cfg, ModelInfo.from_config(tiny_llama.path))
     assert summary.kind == "qlora" and summary.lora_layers == 2 * 7
     ids = list(range(5, 40))
-    result = training_step(peft_model, pad_batch([Example(ids, [-100] * 10 + ids[10:])], pad_id=2),
-                           torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-3))
+    result = training_step(
+        peft_model,
+        pad_batch([Example(ids, [-100] * 10 + ids[10:])], pad_id=2),
+        torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-3),
+    )
     assert torch.isfinite(torch.tensor(result.loss)) and result.loss < 10
 
 
@@ -95,4 +102,3 @@ def test_block_size_other_than_64_is_rejected(tiny_llama):
     cfg = config(adapter="qlora", **{"quantization.block_size": 128})
     with pytest.raises(AdapterError, match=r"quantization.block_size: bitsandbytes .* blocks of 64 only .*got 128"):
         load_model(tiny_llama.path, quantization=cfg.quantization)
-

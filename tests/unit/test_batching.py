@@ -19,7 +19,7 @@ def make_examples(count, seed=0, vocab=250):
     for _ in range(count):
         prompt, response = rng.randint(3, 20), rng.randint(2, 15)
         ids = [1] + [rng.randint(3, vocab) for _ in range(prompt + response)]
-        examples.append(Example(ids, [IGNORE_INDEX] * (prompt + 1) + ids[prompt + 1:]))
+        examples.append(Example(ids, [IGNORE_INDEX] * (prompt + 1) + ids[prompt + 1 :]))
     return examples
 
 
@@ -63,7 +63,7 @@ def test_length_grouping_keeps_every_index_once_and_reduces_padding():
     assert sorted(order) == list(range(400))
 
     def padding(indices):
-        batches = [indices[i:i + 8] for i in range(0, len(indices), 8)]
+        batches = [indices[i : i + 8] for i in range(0, len(indices), 8)]
         return sum(max(lengths[j] for j in b) * len(b) - sum(lengths[j] for j in b) for b in batches)
 
     shuffled = list(range(400))

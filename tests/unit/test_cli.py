@@ -36,3 +36,79 @@ def test_fetch_prints_where_the_snapshot_is(tiny_llama, capsys):
     out = capsys.readouterr().out
     assert str(tiny_llama.path) in out and "(random init)" in out
     assert "hidden 64, layers 2, heads 4, kv heads 2" in out
+
+
+TINY_RUN = [
+    "--set",
+    "base_model=harness/tiny-random-llama",
+    "--set",
+    "dataset.num_examples=40",
+    "--set",
+    "dataset.max_length=320",
+    "--set",
+    "training.save_steps=2",
+    "--set",
+    "lora.r=4",
+]
+
+
+def test_train_leaves_a_loadable_adapter_and_refuses_to_overwrite(tmp_path, capsys, tiny_llama):
+    from peft import PeftModel
+
+    from harness.checkpoint import verify_checkpoint
+    from harness.loading import load_model
+
+    out = tmp_path / "run"
+    args = [
+        "train",
+        str(CONFIGS / "smollm2_qlora_dev.yaml"),
+        "--max-steps",
+        "4",
+        "--output-dir",
+        str(out),
+        "--set",
+        "adapter=lora",
+        "--set",
+        "dataset.path=builtin:tasks",
+        *TINY_RUN,
+    ]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert f"metrics -> {out / 'metrics.jsonl'}" in printed and "step 4/4 loss" in printed
+    assert "checkpoints: checkpoint-000002, checkpoint-000004" in printed
+    verify_checkpoint(out)
+    PeftModel.from_pretrained(load_model(tiny_llama.path), str(out))
+    assert main(args) == 2
+    assert "holds a previous run (checkpoints or metrics.jsonl); pass --resume" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+
+
+def test_train_bad_override_is_one_line(capsys):
+    assert main(["train", str(CONFIGS / "smollm2_qlora_dev.yaml"), "--set", "training.lr=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --set training.lr=1: training.lr: unknown key (did you mean 'training.")
+    assert err.count("\n") == 1
+
+
+def test_data_preview_marks_targets_and_counts(capsys, tiny_llama):
+    assert main(["data", "preview", "-n", "1", *TINY_RUN]) == 0
+    out = capsys.readouterr().out
+    assert "### Response:\n[[" in out and "]]" in out
+    assert "rows read: 40; dropped: 0" in out and "target tokens:" in out
+
+
+def test_data_preview_bad_data_exits_2(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "x", "output": 3}\n')
+    assert (
+        main(["data", "preview", "--set", f"dataset.path={bad}", "--set", "base_model=harness/tiny-random-llama"]) == 2
+    )
+    assert capsys.readouterr().err == f"error: {bad}: row 1: field 'output': must be a string, got int\n"
+
+
+def test_data_subset(tmp_path, capsys):
+    source = tmp_path / "all.jsonl"
+    source.write_text("".join(f'{{"instruction": "i{n}", "output": "o{n}"}}\n' for n in range(10)))
+    out = tmp_path / "first3.jsonl"
+    assert main(["data", "subset", str(source), "--first", "3", "-o", str(out)]) == 0
+    assert out.read_text().count("\n") == 3 and "wrote 3 rows" in capsys.readouterr().out

@@ -84,8 +84,11 @@ def test_float_written_without_dot_is_accepted(tmp_path):
 
 BAD_VALUES = [
     ("lora: {rank: 8}", "lora.rank: unknown key (did you mean 'lora.r'?); allowed: r, alpha, dropout, target_modules"),
-    ("trainig: {epochs: 1}", "trainig: unknown key (did you mean 'training'?); allowed: base_model, adapter, "
-     "output_dir, seed, lora, quantization, dataset, training, validation"),
+    (
+        "trainig: {epochs: 1}",
+        "trainig: unknown key (did you mean 'training'?); allowed: base_model, adapter, "
+        "output_dir, seed, allow_pickle, lora, quantization, dataset, training, validation",
+    ),
     ("lora: {r: eight}", "lora.r: must be an integer, got str 'eight'"),
     ("lora: {r: 0}", "lora.r: must be an integer > 0, got 0"),
     ("lora: {r: -4}", "lora.r: must be an integer > 0, got -4"),

@@ -55,27 +55,38 @@ def test_saved_datasets_directory(tmp_path):
 
 
 def test_dolly_fields(tmp_path):
-    path = write_jsonl(tmp_path / "dolly.jsonl", [
-        {"instruction": "Summarize.", "context": "A long text.", "response": "Short.", "category": "summarization"}])
+    path = write_jsonl(
+        tmp_path / "dolly.jsonl",
+        [{"instruction": "Summarize.", "context": "A long text.", "response": "Short.", "category": "summarization"}],
+    )
     record = load_rows(str(path), "dolly").records[0]
     assert (record.instruction, record.input, record.output) == ("Summarize.", "A long text.", "Short.")
 
 
 def test_sharegpt_conversation(tmp_path):
-    path = write_jsonl(tmp_path / "chat.jsonl", [{"conversations": [
-        {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]}])
+    path = write_jsonl(
+        tmp_path / "chat.jsonl",
+        [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]}],
+    )
     assert load_rows(str(path), "sharegpt").records[0].messages == [
-        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+    ]
 
 
 def test_oasst_conversation(tmp_path):
-    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [
-        {"role": "prompter", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}])
+    path = write_jsonl(
+        tmp_path / "chat.jsonl",
+        [{"messages": [{"role": "prompter", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}],
+    )
     assert load_rows(str(path), "oasst").records[0].messages[0]["role"] == "user"
 
 
 def test_limit_keeps_the_first_rows(alpaca_jsonl):
-    assert [r.output for r in load_rows(str(alpaca_jsonl), "alpaca", limit=2).records] == ["Eat well, sleep, move.", "fromage"]
+    assert [r.output for r in load_rows(str(alpaca_jsonl), "alpaca", limit=2).records] == [
+        "Eat well, sleep, move.",
+        "fromage",
+    ]
 
 
 BAD_ROWS = [
@@ -95,8 +106,9 @@ def test_bad_row_message(tmp_path, bad, message):
 
 
 def test_skip_invalid_drops_and_counts(tmp_path):
-    path = write_jsonl(tmp_path / "bad.jsonl", [ALPACA[0], {"instruction": "x"}, {"instruction": "x", "output": ""},
-                                                ALPACA[1]])
+    path = write_jsonl(
+        tmp_path / "bad.jsonl", [ALPACA[0], {"instruction": "x"}, {"instruction": "x", "output": ""}, ALPACA[1]]
+    )
     loaded = load_rows(str(path), "alpaca", skip_invalid=True)
     assert len(loaded.records) == 2 and loaded.rows_read == 4
     assert loaded.dropped == {"field 'output': missing": 1, "field 'output': empty output": 1}
@@ -111,7 +123,9 @@ def test_empty_file(tmp_path):
 
 def test_undecodable_bytes_name_the_line(tmp_path):
     path = tmp_path / "latin1.jsonl"
-    path.write_bytes(json.dumps(ALPACA[0]).encode() + b"\n" + '{"instruction": "caf\xe9", "output": "x"}\n'.encode("latin-1"))
+    path.write_bytes(
+        json.dumps(ALPACA[0]).encode() + b"\n" + '{"instruction": "caf\xe9", "output": "x"}\n'.encode("latin-1")
+    )
     with pytest.raises(DataError, match=r"latin1.jsonl: line 2: undecodable bytes \(not UTF-8\)"):
         load_rows(str(path), "alpaca")
 
@@ -145,7 +159,10 @@ def test_conversation_without_assistant_turn(tmp_path):
 def test_write_subset(tmp_path, alpaca_jsonl):
     out = tmp_path / "sub" / "first2.jsonl"
     assert write_subset(str(alpaca_jsonl), 2, out) == 2
-    assert [json.loads(line)["output"] for line in out.read_text().splitlines()] == ["Eat well, sleep, move.", "fromage"]
+    assert [json.loads(line)["output"] for line in out.read_text().splitlines()] == [
+        "Eat well, sleep, move.",
+        "fromage",
+    ]
 
 
 def test_real_alpaca_1k_loads(alpaca_1k):

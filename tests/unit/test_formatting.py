@@ -9,7 +9,13 @@ import pytest
 
 from harness.config import DatasetSection
 from harness.data.formatting import (
-    IGNORE_INDEX, PROMPT_NO_INPUT, PROMPT_WITH_INPUT, alpaca_prompt, pad_token_id, prepare_data, split_indices,
+    IGNORE_INDEX,
+    PROMPT_NO_INPUT,
+    PROMPT_WITH_INPUT,
+    alpaca_prompt,
+    pad_token_id,
+    prepare_data,
+    split_indices,
     tokenize_record,
 )
 from harness.data.sources import Record
@@ -36,7 +42,7 @@ def test_unmasked_labels_are_exactly_response_plus_eos(tokenizer, record):
     targets = [label for label in example.labels if label != IGNORE_INDEX]
     assert targets[-1] == tokenizer.eos_token_id
     assert tokenizer.decode(targets[:-1]) == record.output
-    assert example.input_ids[-len(targets):] == targets  # targets are the tail, prompt fully masked
+    assert example.input_ids[-len(targets) :] == targets  # targets are the tail, prompt fully masked
 
 
 def test_bos_follows_the_tokenizer_convention_once(tokenizer):
@@ -52,8 +58,10 @@ def test_bos_follows_the_tokenizer_convention_once(tokenizer):
 
 
 def test_llama2_style_tokenizer_adds_bos(tiny_tokenizer):
-    assert tokenize_record(NO_INPUT, tiny_tokenizer, 512).input_ids[:2] == [tiny_tokenizer.bos_token_id,
-                                                                          tiny_tokenizer("B")["input_ids"][1]]
+    assert tokenize_record(NO_INPUT, tiny_tokenizer, 512).input_ids[:2] == [
+        tiny_tokenizer.bos_token_id,
+        tiny_tokenizer("B")["input_ids"][1],
+    ]
 
 
 def test_smollm2_tokenizer_adds_no_bos(smollm2_tokenizer):
@@ -69,7 +77,7 @@ def test_truncation_keeps_the_prompt_start(tokenizer):
     full = tokenize_record(NO_INPUT, tokenizer, max_length=512)
     prompt_length = full.labels.index(next(label for label in full.labels if label != IGNORE_INDEX))
     cut = tokenize_record(NO_INPUT, tokenizer, max_length=prompt_length + 1)
-    assert cut.truncated and cut.input_ids == full.input_ids[:prompt_length + 1]
+    assert cut.truncated and cut.input_ids == full.input_ids[: prompt_length + 1]
     assert cut.num_targets == 1
 
 
@@ -81,8 +89,11 @@ def test_row_whose_response_would_vanish_is_dropped(tokenizer):
 
 def test_dropped_and_truncated_rows_are_counted(tmp_path, tiny_tokenizer):
     path = tmp_path / "d.jsonl"
-    rows = [{"instruction": "Hi", "output": "short"}, {"instruction": "Hi", "output": "long " * 100},
-            {"instruction": "very long instruction " * 40, "output": "x"}]
+    rows = [
+        {"instruction": "Hi", "output": "short"},
+        {"instruction": "Hi", "output": "long " * 100},
+        {"instruction": "very long instruction " * 40, "output": "x"},
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     data = prepare_data(DatasetSection(path=str(path), max_length=200, train_split=1.0), tiny_tokenizer, seed=0)
     assert data.stats.truncated == 1
@@ -96,8 +107,14 @@ def test_pad_token_falls_back_to_eos(tiny_tokenizer, smollm2_tokenizer):
 
 
 def test_conversation_targets_only_assistant_turns(tiny_tokenizer):
-    record = Record(messages=[{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"},
-                              {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Ciao"}])
+    record = Record(
+        messages=[
+            {"role": "user", "content": "Hi there"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Bye"},
+            {"role": "assistant", "content": "Ciao"},
+        ]
+    )
     example = tokenize_record(record, tiny_tokenizer, max_length=512)
     targets = tiny_tokenizer.decode([t for t in example.labels if t != IGNORE_INDEX])
     assert "Hello!" in targets and "Ciao" in targets

@@ -17,10 +17,20 @@ from harness.model_info import LINEAR_MODULES, ModelInfo, target_dims
 
 
 def llama_config(hidden, layers, heads, kv_heads, intermediate, vocab, rope_theta, max_position, tied):
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
-            "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
-            "intermediate_size": intermediate, "vocab_size": vocab, "rope_theta": rope_theta,
-            "max_position_embeddings": max_position, "tie_word_embeddings": tied, "rms_norm_eps": 1e-5}
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "intermediate_size": intermediate,
+        "vocab_size": vocab,
+        "rope_theta": rope_theta,
+        "max_position_embeddings": max_position,
+        "tie_word_embeddings": tied,
+        "rms_norm_eps": 1e-5,
+    }
 
 
 MODELS = {
@@ -45,8 +55,14 @@ def model_case(request, tmp_path):
 
 def test_config_parsing(model_case):
     name, info = model_case
-    got = (info.hidden_size, info.num_layers, info.num_attention_heads, info.num_kv_heads,
-           info.intermediate_size, info.vocab_size)
+    got = (
+        info.hidden_size,
+        info.num_layers,
+        info.num_attention_heads,
+        info.num_kv_heads,
+        info.intermediate_size,
+        info.vocab_size,
+    )
     assert got == EXPECTED[name]
 
 

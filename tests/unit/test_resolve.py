@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+
 from harness.bundled import TINY_RANDOM_LLAMA_CONFIG, RandomInitBundle, read_marker
 from harness.errors import ModelResolutionError
 from harness.resolve import DOWNLOAD_PATTERNS, resolve_model
@@ -118,8 +119,7 @@ print(json.dumps({"path": str(resolved.path), "source": resolved.source,
 def run_resolution(env):
     # huggingface_hub reads HF_ENDPOINT and HF_HUB_OFFLINE once, at import: a fresh process is the
     # only honest way to point it at the loopback hub, exactly as a user's shell would.
-    done = subprocess.run([sys.executable, "-c", DOWNLOAD_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([sys.executable, "-c", DOWNLOAD_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -142,8 +142,9 @@ def test_download_from_a_loopback_hub_then_cache(caches, served_repo):
 def test_unreachable_hub_is_a_one_line_error_from_the_cli(caches):
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # the discard port: connection refused at once
-    done = subprocess.run([sys.executable, "-m", "harness", "fetch", "org/absent"], env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "harness", "fetch", "org/absent"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: org/absent: not found; searched ")
@@ -152,3 +153,31 @@ def test_unreachable_hub_is_a_one_line_error_from_the_cli(caches):
 
 def test_download_patterns_never_include_pickles():
     assert not any(p.endswith((".bin", ".pt", ".pth", ".ckpt")) for p in DOWNLOAD_PATTERNS)
+
+
+MATERIALIZE = """
+import json, sys
+from harness.resolve import resolve_model
+resolved = resolve_model("harness/tiny-random-llama")
+print(json.dumps({"path": str(resolved.path), "source": resolved.source}))
+"""
+
+
+def test_concurrent_materialization_writes_one_complete_snapshot(caches):
+    """Several processes (pytest-xdist workers, parallel CI jobs) resolving a bundled model at once:
+    the file lock lets one write it and the others read the finished snapshot."""
+    env = dict(os.environ)
+    workers = [subprocess.Popen([sys.executable, "-c", MATERIALIZE], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err[-2000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    paths = {r["path"] for r in results}
+    assert len(paths) == 1
+    sources = sorted(r["source"] for r in results)
+    assert sources.count("bundled (materialized now)") == 1, sources
+    snapshots = caches / "hf_home" / "hub" / "models--harness--tiny-random-llama" / "snapshots"
+    assert [p.name for p in snapshots.iterdir()] == ["harness-random-init-seed0"]
+    assert read_marker(snapshots / "harness-random-init-seed0")["random_init"] is True

@@ -20,10 +20,20 @@ TINY = "harness/tiny-random-llama"
 
 
 def tiny_config(tmp_path, *sets):
-    base = [f"base_model={TINY}", f"output_dir={tmp_path / 'out'}", "dataset.num_examples=96",
-            "dataset.max_length=320", "training.batch_size=4", "training.learning_rate=3e-3", "training.max_steps=8",
-            "training.logging_steps=1", "training.save_steps=4", "training.warmup_ratio=0.25", "lora.r=4",
-            "training.dtype=float32"]
+    base = [
+        f"base_model={TINY}",
+        f"output_dir={tmp_path / 'out'}",
+        "dataset.num_examples=96",
+        "dataset.max_length=320",
+        "training.batch_size=4",
+        "training.learning_rate=3e-3",
+        "training.max_steps=8",
+        "training.logging_steps=1",
+        "training.save_steps=4",
+        "training.warmup_ratio=0.25",
+        "lora.r=4",
+        "training.dtype=float32",
+    ]
     return load_config(None, base + list(sets))
 
 
@@ -37,11 +47,14 @@ def lora_weights(model):
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize(("kind", "expected"), [
-    ("linear", [0.25, 0.5, 0.75, 1.0, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6]),
-    ("cosine", [0.25, 0.5, 0.75, 1.0] + [0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)]),
-    ("constant", [0.25, 0.5, 0.75, 1.0] + [1.0] * 6),
-])
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("linear", [0.25, 0.5, 0.75, 1.0, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6]),
+        ("cosine", [0.25, 0.5, 0.75, 1.0] + [0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)]),
+        ("constant", [0.25, 0.5, 0.75, 1.0] + [1.0] * 6),
+    ],
+)
 def test_schedule_matches_its_formula(kind, expected):
     assert [lr_factor(s, 10, 4, kind) for s in range(10)] == pytest.approx(expected)
 
@@ -66,8 +79,15 @@ def test_training_step_reports_finite_loss_tokens_and_grad_norm(tmp_path):
 
 def test_batch_4_equals_batch_2_with_accumulation_2(tmp_path):
     one = built(tiny_config(tmp_path, "training.max_steps=3", "training.max_grad_norm=1e9"))
-    two = built(tiny_config(tmp_path, "training.max_steps=3", "training.max_grad_norm=1e9", "training.batch_size=2",
-                            "training.gradient_accumulation_steps=2"))
+    two = built(
+        tiny_config(
+            tmp_path,
+            "training.max_steps=3",
+            "training.max_grad_norm=1e9",
+            "training.batch_size=2",
+            "training.gradient_accumulation_steps=2",
+        )
+    )
     a = one.trainer(output_dir=str(tmp_path / "a")).train()
     b = two.trainer(output_dir=str(tmp_path / "b")).train()
     for x, y in zip(a.history, b.history):
@@ -128,6 +148,7 @@ def interrupt_at(step):
     def callback(record):
         if record.step == step:
             raise Interrupted(step)
+
     return callback
 
 
@@ -140,12 +161,16 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path / "half")] == ["checkpoint-000004"]
     resumed_run = built(tiny_config(tmp_path, "lora.dropout=0.1"))
     resumed = resumed_run.trainer(output_dir=str(tmp_path / "half")).train(
-        resume_from=tmp_path / "half" / "checkpoint-000004")
+        resume_from=tmp_path / "half" / "checkpoint-000004"
+    )
     assert resumed.resumed_from == 4
     assert [r.loss for r in resumed.history] == pytest.approx([r.loss for r in full.history[4:]], rel=1e-6)
     wa, wb = lora_weights(straight.model), lora_weights(resumed_run.model)
     max_diff = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
-    print(f"resume: final loss {resumed.history[-1].loss:.6f} vs {full.history[-1].loss:.6f}, max weight diff {max_diff:.1e}")
+    print(
+        f"resume: final loss {resumed.history[-1].loss:.6f} vs {full.history[-1].loss:.6f}, "
+        f"max weight diff {max_diff:.1e}"
+    )
     assert max_diff < 1e-6
 
 
