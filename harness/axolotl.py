@@ -40,14 +40,46 @@ DIRECT: dict[str, str] = {
     "max_grad_norm": "training.max_grad_norm",
 }
 # Keys handled by a small converter below.
-CONVERTED = {"adapter", "load_in_4bit", "load_in_8bit", "lora_target_linear", "datasets", "val_set_size",
-             "optimizer", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant"}
+CONVERTED = {
+    "adapter",
+    "load_in_4bit",
+    "load_in_8bit",
+    "lora_target_linear",
+    "datasets",
+    "val_set_size",
+    "optimizer",
+    "bnb_4bit_quant_type",
+    "bnb_4bit_use_double_quant",
+}
 # Keys that only say which files or tokenizer classes to use; they change nothing we run.
-HARMLESS = {"base_model_config", "model_type", "tokenizer_type", "strict", "flash_attention", "bf16", "fp16",
-            "tf32", "xformers_attention", "sdp_attention", "dataset_prepared_path", "special_tokens"}
+HARMLESS = {
+    "base_model_config",
+    "model_type",
+    "tokenizer_type",
+    "strict",
+    "flash_attention",
+    "bf16",
+    "fp16",
+    "tf32",
+    "xformers_attention",
+    "sdp_attention",
+    "dataset_prepared_path",
+    "special_tokens",
+}
 # Flat keys that only an axolotl file has: their presence marks the file as axolotl-style.
-MARKERS = {"lora_r", "micro_batch_size", "num_epochs", "sequence_len", "datasets", "load_in_4bit", "load_in_8bit",
-           "lora_target_linear", "val_set_size", "gradient_accumulation_steps", "sample_packing"}
+MARKERS = {
+    "lora_r",
+    "micro_batch_size",
+    "num_epochs",
+    "sequence_len",
+    "datasets",
+    "load_in_4bit",
+    "load_in_8bit",
+    "lora_target_linear",
+    "val_set_size",
+    "gradient_accumulation_steps",
+    "sample_packing",
+}
 AXOLOTL_SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant"}
 
 
@@ -114,6 +146,7 @@ def from_axolotl(raw: Mapping[str, Any], source: str) -> tuple[dict[str, Any], l
     if optimizer is not None and not str(optimizer).startswith("adamw"):
         ignored.append(f"optimizer {optimizer} (the harness uses AdamW)")
     if "lr_scheduler" in raw and raw["lr_scheduler"] not in AXOLOTL_SCHEDULERS:
-        raise ConfigError(f"{source}: lr_scheduler: must be one of {', '.join(AXOLOTL_SCHEDULERS)}, "
-                          f"got {raw['lr_scheduler']!r}")
+        raise ConfigError(
+            f"{source}: lr_scheduler: must be one of {', '.join(AXOLOTL_SCHEDULERS)}, got {raw['lr_scheduler']!r}"
+        )
     return nested, ignored

@@ -77,35 +77,46 @@ def _load_run_config(args: argparse.Namespace) -> Any:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    """Fine-tune; under torchrun every rank runs this, and rank 0 alone prints and writes."""
+    from harness import distributed
     from harness.checkpoint import export_adapter
     from harness.recipe import prepare_run
     from harness.training import TrainingInterrupted, find_resume_checkpoint, prepare_output_dir
 
     config = _load_run_config(args)
+    world = distributed.init_from_env()
+
+    def say(*parts: Any, **kwargs: Any) -> None:
+        if world.is_main:
+            print(*parts, **kwargs)
+
     output_dir = Path(config.output_dir)
     resume = None
     if args.resume:
         resume = find_resume_checkpoint(output_dir) if args.resume == "auto" else Path(args.resume)
-    prepare_output_dir(output_dir, resuming=resume is not None, overwrite=args.overwrite)
+    if world.is_main:
+        prepare_output_dir(output_dir, resuming=resume is not None, overwrite=args.overwrite)
+    distributed.barrier(world)
     run = prepare_run(config)
-    print(f"model: {run.resolved.description}")
+    say(f"model: {run.resolved.description}")
     run.build()
     assert run.adapter is not None
-    print(f"adapter: {run.adapter.describe()}")
+    say(f"adapter: {run.adapter.describe()}")
     stats = run.data.stats
-    print(
+    say(
         f"data: {len(run.data.train)} train / {len(run.data.validation)} validation examples, "
         f"{stats.tokens} tokens, {stats.truncated} truncated, dropped {dict(stats.dropped) or 'none'}"
     )
     trainer = run.trainer()
-    print(
-        f"training {trainer.total_steps} steps ({trainer.steps_per_epoch} per epoch) on {run.device}, "
+    ranks = f" x {world.size} ranks" if world.distributed else ""
+    say(
+        f"training {trainer.total_steps} steps ({trainer.steps_per_epoch} per epoch) on {run.device}{ranks}, "
         f"metrics -> {output_dir / 'metrics.jsonl'}" + (f", resuming from {resume}" if resume else "")
     )
 
     def log(record: Any) -> None:
         if record.step % config.training.logging_steps == 0 or record.step == trainer.total_steps:
-            print(
+            say(
                 f"step {record.step}/{trainer.total_steps} loss {record.loss:.4f} lr {record.lr:.2e} "
                 f"grad norm {record.grad_norm:.3f} {record.tokens_per_s:.0f} tok/s mem {record.memory_mb:.0f} MB",
                 flush=True,
@@ -117,15 +128,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
             result = trainer.train(resume_from=resume)
     except TrainingInterrupted as stop:
         again = " ".join(shlex.quote(a) for a in ["harness", *sys.argv[1:]] if a not in ("--resume", "--overwrite"))
-        print(
+        say(
             f"interrupted by {signal.Signals(stop.signum).name} after step {stop.step}: checkpoint {stop.checkpoint}, "
             f"metrics {output_dir / 'metrics.jsonl'}; resume with: {again} --resume",
             file=sys.stderr,
         )
         return 128 + stop.signum
-    export_adapter(run.model, output_dir)
-    print(f"checkpoints: {', '.join(p.name for p in result.checkpoints)} in {output_dir}")
-    print(f"final adapter: {output_dir / 'adapter_model.safetensors'} (load with peft.PeftModel.from_pretrained)")
+    if world.is_main:
+        export_adapter(run.model, output_dir)
+    distributed.barrier(world)
+    say(f"checkpoints: {', '.join(p.name for p in result.checkpoints)} in {output_dir}")
+    say(f"final adapter: {output_dir / 'adapter_model.safetensors'} (load with peft.PeftModel.from_pretrained)")
     return 0
 
 

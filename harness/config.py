@@ -95,7 +95,8 @@ class TrainingSection:
     lr_scheduler: str = _field("linear", _choice("linear", "cosine", "constant"))
     warmup_ratio: float = _field(0.1, _FRACTION)
     warmup_steps: int | None = _field(
-        None, Rule("int", "an integer >= 0 or null (null: use warmup_ratio)", lambda v: v >= 0, optional=True))
+        None, Rule("int", "an integer >= 0 or null (null: use warmup_ratio)", lambda v: v >= 0, optional=True)
+    )
     max_grad_norm: float = _field(1.0, Rule("float", "a number > 0", lambda v: v > 0))
     logging_steps: int = _field(10, _POSITIVE_INT)
     save_steps: int = _field(100, _POSITIVE_INT)

@@ -8,10 +8,12 @@ the full [tokens x vocab] logits are never held at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
 import resource
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -23,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from harness import distributed
 from harness.checkpoint import (
     CHECKPOINT_PREFIX,
     TrainingState,
@@ -110,22 +113,35 @@ def training_step(
     max_grad_norm: float = math.inf,
     device: torch.device | str | None = None,
     recompute_logits: bool = False,
+    ddp: Any = None,
 ) -> StepResult:
     """One optimizer step over one or more micro batches (gradient accumulation).
 
     Returns the token-normalized loss, the target/real token counts and the pre-clip gradient norm;
-    raises TrainingError if the loss or the gradient is not finite (the weights are left untouched)."""
+    raises TrainingError if the loss or the gradient is not finite (the weights are left untouched).
+
+    ``ddp`` is the DistributedDataParallel-wrapped ``LossModule`` of a data-parallel run: gradients are
+    all-reduced once, on the last micro batch (``no_sync`` before it), and the loss is normalized by
+    the target tokens of every rank, so N ranks equal one process with N times the micro batch."""
     batches = [micro_batches] if isinstance(micro_batches, Batch) else micro_batches
-    total_targets = sum(b.num_targets for b in batches)
+    world = distributed.current()
+    device = device or next(model.parameters()).device
+    total_targets = distributed.all_reduce_sum(sum(b.num_targets for b in batches), world, torch.device(device))
     if total_targets == 0:
         raise TrainingError("batch has no target tokens (every label is masked)")
-    device = device or next(model.parameters()).device
+    # DDP averages gradients over ranks; scaling by the world size turns that average into the sum.
+    scale = world.size / total_targets
     loss_total = 0.0
-    for batch in batches:
-        loss_sum, _count = loss_sum_and_count(model, batch.to(device), recompute_logits=recompute_logits)
-        (loss_sum / total_targets).backward()
+    for index, batch in enumerate(batches):
+        last = index == len(batches) - 1
+        with ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext():
+            if ddp is not None:
+                loss_sum = ddp(**batch.to(device).inputs)
+            else:
+                loss_sum, _count = loss_sum_and_count(model, batch.to(device), recompute_logits=recompute_logits)
+            (loss_sum * scale).backward()
         loss_total += float(loss_sum.detach())
-    loss = loss_total / total_targets
+    loss = distributed.all_reduce_sum(loss_total, world, torch.device(device)) / total_targets
     parameters = [p for p in model.parameters() if p.requires_grad]
     grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm))
     if not math.isfinite(loss) or not math.isfinite(grad_norm):
@@ -136,7 +152,21 @@ def training_step(
     if optimizer is not None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss, total_targets, sum(b.num_tokens for b in batches), grad_norm)
+    return StepResult(loss, int(total_targets), sum(b.num_tokens for b in batches), grad_norm)
+
+
+class LossModule(torch.nn.Module):
+    """The summed target-token loss as a module, so DistributedDataParallel can wrap the whole
+    computation (its forward is what prepares the gradient all-reduce)."""
+
+    def __init__(self, model: Any, recompute_logits: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.recompute_logits = recompute_logits
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        loss_sum, _count = loss_sum_and_count(self.model, Batch(inputs, 0, 0), recompute_logits=self.recompute_logits)
+        return loss_sum
 
 
 @torch.no_grad()
@@ -237,6 +267,8 @@ class Trainer:
         self.pad_id, self.device, self.output_dir = pad_id, device, Path(output_dir)
         self.on_step = on_step
         self.stop_signal = 0
+        self.world = distributed.current()
+        distributed.check_same_config(config.to_dict(), self.world)
         self.accumulation = self.training.gradient_accumulation_steps
         micro_per_epoch = len(self._epoch_plan(0))
         self.steps_per_epoch = math.ceil(micro_per_epoch / self.accumulation)
@@ -276,11 +308,15 @@ class Trainer:
             packing=self.training.packing,
             group_by_length=self.training.group_by_length,
             pad_to_multiple_of=8 if self.device.type == "cuda" else None,
+            rank=self.world.rank,
+            world_size=self.world.size,
         )
 
-    # -- persistence
+    # -- persistence (rank 0 only in a data-parallel run)
 
     def _metrics(self, record: dict[str, Any]) -> None:
+        if not self.world.is_main:
+            return
         with (self.output_dir / METRICS_FILE).open("a") as handle:
             handle.write(json.dumps(record) + "\n")
             handle.flush()
@@ -288,7 +324,7 @@ class Trainer:
     def _truncate_metrics(self, step: int) -> None:
         """On resume, drop logged lines past the checkpoint: they will be produced again."""
         path = self.output_dir / METRICS_FILE
-        if path.is_file():
+        if path.is_file() and self.world.is_main:
             kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
             path.write_text("".join(line + "\n" for line in kept))
 
@@ -300,9 +336,13 @@ class Trainer:
             self.optimizer.state_dict(),
             self.scheduler.state_dict(),
             _rng_state(),
-            {"total_steps": self.total_steps, "seed": self.config.seed},
+            {"total_steps": self.total_steps, "seed": self.config.seed, "world_size": self.world.size},
         )
-        return save_checkpoint(self.model, self.output_dir / f"{CHECKPOINT_PREFIX}{step:06d}", state)
+        directory = self.output_dir / f"{CHECKPOINT_PREFIX}{step:06d}"
+        if self.world.is_main:
+            save_checkpoint(self.model, directory, state)
+        distributed.barrier(self.world)
+        return directory
 
     def _restore(self, checkpoint_dir: Path) -> TrainingState:
         state = load_training_state(checkpoint_dir)
@@ -347,8 +387,14 @@ class Trainer:
             resumed_from=step,
         )
         self.model.train()
-        progress = _progress(self.total_steps, step)
+        progress = _progress(self.total_steps, step, enabled=self.world.is_main)
         recompute = self.config.gradient_checkpointing(self.device.type)
+        ddp = None
+        if self.world.distributed:
+            ddp = torch.nn.parallel.DistributedDataParallel(
+                LossModule(self.model, recompute),
+                device_ids=[self.world.local_rank] if self.device.type == "cuda" else None,
+            )
         plan = self._epoch_plan(epoch)
         while step < self.total_steps:
             start = batch_in_epoch * self.accumulation
@@ -368,6 +414,7 @@ class Trainer:
                     max_grad_norm=self.training.max_grad_norm,
                     device=self.device,
                     recompute_logits=recompute,
+                    ddp=ddp,
                 )
             except TrainingError as exc:
                 batch_in_epoch += 1  # the bad batch is consumed either way
@@ -410,6 +457,10 @@ class Trainer:
                 eval_loss = evaluate_loss(self.model, self.eval_batches, self.device)
                 result.evals.append({"step": step, "eval_loss": eval_loss})
                 self._metrics({"type": "eval", "step": step, "eval_loss": eval_loss})
+            if self.world.distributed:
+                # A signal may reach the ranks at different steps: stop together, at the first.
+                asked = distributed.all_reduce_sum(float(self.stop_signal or 0), self.world, self.device)
+                self.stop_signal = self.stop_signal or (int(signal.SIGTERM) if asked else 0)
             if step % self.training.save_steps == 0 or step == self.total_steps or self.stop_signal:
                 last_good = self._save(step, epoch, batch_in_epoch)
                 result.checkpoints.append(last_good)
@@ -433,11 +484,16 @@ class TrainingInterrupted(Exception):
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
 
 
-def _progress(total: int, initial: int) -> Any:
+def _progress(total: int, initial: int, enabled: bool = True) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(
-        total=total, initial=initial, desc="train", unit="step", disable=not sys.stderr.isatty(), dynamic_ncols=True
+        total=total,
+        initial=initial,
+        desc="train",
+        unit="step",
+        disable=not (enabled and sys.stderr.isatty()),
+        dynamic_ncols=True,
     )
 
 

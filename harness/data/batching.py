@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -125,23 +126,31 @@ def epoch_batches(
     group_by_length: bool = False,
     shuffle: bool = True,
     pad_to_multiple_of: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> list[Batch]:
     """Every micro batch of one epoch, in order. The order depends only on (seed, epoch), which is what
-    makes a resumed run see exactly the batches the uninterrupted run would have."""
+    makes a resumed run see exactly the batches the uninterrupted run would have.
+
+    With ``world_size`` > 1 (data parallel), each global batch of ``batch_size x world_size`` rows is
+    split evenly and this rank gets its share; a last global batch too small to give every rank a row
+    is dropped, so all ranks take the same number of steps."""
     rng = random.Random(seed * 100_003 + epoch)
+    global_size = batch_size * world_size
     if group_by_length and not packing:
-        order = length_grouped_order([len(e.input_ids) for e in examples], batch_size, rng)
+        order = length_grouped_order([len(e.input_ids) for e in examples], global_size, rng)
     else:
         order = list(range(len(examples)))
         if shuffle:
             rng.shuffle(order)
     ordered = [examples[i] for i in order]
-    if packing:
-        rows = pack_examples(ordered, max_length)
-        return [
-            collate_packed(rows[i : i + batch_size], pad_id, pad_to_multiple_of)
-            for i in range(0, len(rows), batch_size)
-        ]
-    return [
-        pad_batch(ordered[i : i + batch_size], pad_id, pad_to_multiple_of) for i in range(0, len(ordered), batch_size)
-    ]
+    items: list[Any] = pack_examples(ordered, max_length) if packing else ordered
+    collate = collate_packed if packing else pad_batch
+    batches = []
+    for start in range(0, len(items), global_size):
+        chunk = items[start : start + global_size]
+        if len(chunk) < world_size:
+            break
+        share = chunk[rank::world_size] if world_size > 1 else chunk
+        batches.append(collate(share, pad_id, pad_to_multiple_of))
+    return batches

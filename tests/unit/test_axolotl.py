@@ -30,8 +30,13 @@ def test_smollm2_lora_file_maps_every_key():
 def test_ignored_keys_are_listed():
     config = load_config(AXOLOTL / "smollm2_lora.yml")
     assert config.ignored_keys == [
-        "model_type (no effect here)", "tokenizer_type (no effect here)", "strict (no effect here)",
-        "dataset_prepared_path (no effect here)", "wandb_project (not supported)", "bf16 (no effect here)"]
+        "model_type (no effect here)",
+        "tokenizer_type (no effect here)",
+        "strict (no effect here)",
+        "dataset_prepared_path (no effect here)",
+        "wandb_project (not supported)",
+        "bf16 (no effect here)",
+    ]
 
 
 def test_qlora_file_maps_quantization_and_warmup_steps():
@@ -54,13 +59,19 @@ def test_no_adapter_is_a_full_fine_tune(tmp_path):
     assert load_config(path).adapter == "none"
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("datasets: [{path: a.jsonl}, {path: b.jsonl}]\n", "datasets: 2 entries; the harness trains on one dataset"),
-    ("datasets: nope\n", "datasets: must be a list of {path, type} entries"),
-    ("val_set_size: 200\nlora_r: 8\n", "val_set_size: must be a fraction in [0, 1), got 200"),
-    ("lr_scheduler: one_cycle\nlora_r: 8\n", "lr_scheduler: must be one of cosine, linear, constant, got 'one_cycle'"),
-    ("lora_r: 0\n", "lora.r: must be an integer > 0, got 0"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("datasets: [{path: a.jsonl}, {path: b.jsonl}]\n", "datasets: 2 entries; the harness trains on one dataset"),
+        ("datasets: nope\n", "datasets: must be a list of {path, type} entries"),
+        ("val_set_size: 200\nlora_r: 8\n", "val_set_size: must be a fraction in [0, 1), got 200"),
+        (
+            "lr_scheduler: one_cycle\nlora_r: 8\n",
+            "lr_scheduler: must be one of cosine, linear, constant, got 'one_cycle'",
+        ),
+        ("lora_r: 0\n", "lora.r: must be an integer > 0, got 0"),
+    ],
+)
 def test_bad_axolotl_values_name_the_file_and_key(tmp_path, text, message):
     path = tmp_path / "a.yml"
     path.write_text(text)

@@ -167,8 +167,12 @@ def test_concurrent_materialization_writes_one_complete_snapshot(caches):
     """Several processes (pytest-xdist workers, parallel CI jobs) resolving a bundled model at once:
     the file lock lets one write it and the others read the finished snapshot."""
     env = dict(os.environ)
-    workers = [subprocess.Popen([sys.executable, "-c", MATERIALIZE], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", MATERIALIZE], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
     results = []
     for worker in workers:
         out, err = worker.communicate(timeout=300)
