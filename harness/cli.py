@@ -163,22 +163,33 @@ def _stop_on_signals(trainer: Any) -> Iterator[None]:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    """Run the criteria; under torchrun every rank trains and rank 0 alone checks, prints and reports."""
+    from harness import distributed
     from harness.report import console_table, write_report
     from harness.validation import Validator
 
     config = _load_run_config(args)
-    _announce_ignored(config)
+    world = distributed.init_from_env()
+    if world.is_main:
+        _announce_ignored(config)
     out = Path(args.out) if args.out else Path(config.output_dir) / time.strftime("validate-%Y%m%d-%H%M%S")
-    print(f"validating {config.source} -> {out}", flush=True)
+    out = Path(distributed.broadcast_from_main(str(out), world))
     started = time.perf_counter()
 
     def progress(message: str) -> None:
-        print(f"[{time.perf_counter() - started:6.1f}s] {message}", flush=True)
+        if world.is_main:
+            print(f"[{time.perf_counter() - started:6.1f}s] {message}", flush=True)
 
     def criterion(c: Any) -> None:
-        progress(f"{c.status:<7} {c.name}: {c.measured or c.detail}")
+        if c.detail != "measured on rank 0":
+            progress(f"{c.status:<7} {c.name}: {c.measured or c.detail}")
 
+    if world.is_main:
+        ranks = f" on {world.size} ranks" if world.distributed else ""
+        print(f"validating {config.source} -> {out}{ranks}", flush=True)
     outcome = Validator(config, out, on_criterion=criterion, on_progress=progress).run()
+    if not world.is_main:
+        return 0
     write_report(outcome)
     print()
     print(console_table(outcome))

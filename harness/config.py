@@ -112,6 +112,7 @@ class TrainingSection:
     )
     dtype: str = _field("auto", _choice(*_DTYPES))
     device: str = _field("auto", _choice("auto", "cpu", "cuda"))
+    compile: bool = _field(False, Rule("bool"))
 
 
 @dataclass

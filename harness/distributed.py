@@ -80,6 +80,15 @@ def all_reduce_sum(value: float, world: World, device: torch.device) -> float:
     return float(tensor.item())
 
 
+def broadcast_from_main(value: Any, world: World) -> Any:
+    """Rank 0's ``value`` on every rank (e.g. a run folder named after the time)."""
+    if not world.distributed:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()

@@ -389,6 +389,9 @@ class Trainer:
         self.model.train()
         progress = _progress(self.total_steps, step, enabled=self.world.is_main)
         recompute = self.config.gradient_checkpointing(self.device.type)
+        if self.training.compile:
+            # In place, so parameter names (and so checkpoints) stay those of the uncompiled model.
+            _unwrap(self.model).model.compile(dynamic=True)
         ddp = None
         if self.world.distributed:
             ddp = torch.nn.parallel.DistributedDataParallel(

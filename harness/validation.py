@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from harness import distributed
 from harness.checkpoint import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter
 from harness.config import BUILTIN_TASKS, RunConfig
 from harness.data.batching import pad_batch
@@ -115,6 +116,7 @@ class Validator:
         self.criteria = {cid: Criterion(cid, name, level) for cid, name, level in CRITERIA}
         self.outcome = ValidationOutcome(config, self.out_dir, list(self.criteria.values()))
         self.base_model: Any = None
+        self.world = distributed.current()
 
     # -- bookkeeping
 
@@ -176,16 +178,22 @@ class Validator:
         if not self._attempt(["training_step", "first_loss"], self._prepare_data):
             self._skip_rest("needs training data")
             return self.outcome
-        self._attempt(["generation", "forgetting_guard"], self._measure_before)
+        # Under torchrun every rank trains; rank 0 alone generates, reloads and reports.
+        main = self.world.is_main
+        if main:
+            self._attempt(["generation", "forgetting_guard"], self._measure_before)
         if not self._attempt(["training_step", "first_loss"], self._train):
             self._skip_rest("needs training to complete")
             return self.outcome
         self._check_training_curves()
-        self._attempt(["checkpoint_saves"], self._check_saved)
-        self._attempt(["checkpoint_loads", "adapter_config"], self._check_reload)
-        self._attempt(["generation", "forgetting_guard"], self._measure_after)
-        self._skip_rest("not measured")
+        if main:
+            self._attempt(["checkpoint_saves"], self._check_saved)
+            self._attempt(["checkpoint_loads", "adapter_config"], self._check_reload)
+            self._attempt(["generation", "forgetting_guard"], self._measure_after)
+        distributed.barrier(self.world)
+        self._skip_rest("not measured" if main else "measured on rank 0")
         self.outcome.facts["validation_seconds"] = time.perf_counter() - started
+        self.outcome.facts["world_size"] = self.world.size
         return self.outcome
 
     def _prepare(self) -> None:
@@ -214,7 +222,7 @@ class Validator:
             raise ConfigError(
                 f"training.max_steps: {training.max_steps} is fewer than training.epochs ({training.epochs})"
             )
-        keep = steps_per_epoch * training.batch_size * training.gradient_accumulation_steps
+        keep = steps_per_epoch * training.batch_size * training.gradient_accumulation_steps * self.world.size
         if len(run.data.train) > keep and not training.packing:
             self.outcome.facts["step_cap"] = (
                 f"training set cut from {len(run.data.train)} to {keep} examples so "

@@ -100,3 +100,44 @@ def test_ranks_that_disagree_on_the_config_stop(tmp_path, tiny_ready):
     )
     assert done.returncode != 0
     assert "error: ranks disagree on the config: rank 1 differs from rank 0" in done.stderr
+
+
+def test_validate_under_torchrun_trains_on_both_ranks_and_reports_once(tmp_path, tiny_ready):
+    config = write_config(tmp_path / "validate", batch=2)
+    out = tmp_path / "report"
+    done = run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "harness",
+            "validate",
+            str(config),
+            "--out",
+            str(out),
+            "--set",
+            "validation.min_steps=8",
+            "--set",
+            "validation.eval_examples=4",
+        ],
+        ROOT,
+    )
+    assert done.stdout.count("validating ") == 1 and "on 2 ranks" in done.stdout, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    status = {c["id"]: c["status"] for c in report["criteria"]}
+    # The random tiny model cannot pass the generation criterion; the distributed mechanics must.
+    for criterion in (
+        "training_step",
+        "lr_schedule",
+        "epochs_complete",
+        "checkpoint_saves",
+        "checkpoint_loads",
+        "adapter_config",
+        "gradient_norms",
+    ):
+        assert status[criterion] == "PASS", (criterion, report["criteria"])
+    assert report["facts"]["world_size"] == 2
+    assert report["facts"]["plan"]["total_steps"] == 8

@@ -171,3 +171,27 @@ def test_resume_continues_to_the_same_final_loss(tmp_path):
     print(f"final loss uninterrupted {full.history[-1].loss:.6f}, resumed {resumed.history[-1].loss:.6f}")
     # Same seed, same ops, same order on CPU: only float reduction order could differ.
     assert resumed.history[-1].loss == pytest.approx(full.history[-1].loss, rel=1e-5)
+
+
+def test_compile_trains_like_eager_and_saves_the_same_keys(tmp_path):
+    from safetensors import safe_open
+
+    sets = [
+        "base_model=harness/tiny-random-llama",
+        "dataset.max_length=320",
+        "dataset.num_examples=40",
+        "training.max_steps=3",
+        "training.save_steps=3",
+        "lora.r=4",
+    ]
+    results, keys = {}, {}
+    for compiled in (False, True):
+        out = tmp_path / f"compile-{compiled}"
+        run = prepare_run(load_config(None, [*sets, f"output_dir={out}", f"training.compile={str(compiled).lower()}"]))
+        run.build()
+        results[compiled] = [r.loss for r in run.trainer().train().history]
+        with safe_open(str(out / "checkpoint-000003" / "adapter_model.safetensors"), framework="pt") as handle:
+            keys[compiled] = sorted(handle.keys())
+    print(f"eager losses {results[False]}, compiled {results[True]}")
+    assert results[True] == pytest.approx(results[False], rel=1e-4)
+    assert keys[True] == keys[False]
