@@ -143,9 +143,41 @@ def check_lora_shapes(model: Any, info: ModelInfo, r: int) -> int:
 def merge_adapter(peft_model: Any) -> Any:
     """Fold the LoRA weights into the base weights and return the plain model.
 
-    The base must be unquantized: for a QLoRA adapter, load the base in bf16/fp32 (the dequantized
-    weights) and the adapter onto it, then merge."""
+    The base must be unquantized: for a QLoRA adapter, ``dequantize_model`` the 4-bit base (the exact
+    weights the adapter was trained against), load the adapter onto it, then merge."""
     base = peft_model.get_base_model()
     if getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False):
-        raise AdapterError("merge_adapter: load the base model unquantized (the dequantized weights) before merging")
+        raise AdapterError("merge_adapter: the base is quantized; dequantize_model(base) first, then load the adapter")
     return peft_model.merge_and_unload()
+
+
+def dequantize_model(model: Any, dtype: torch.dtype = torch.float32) -> Any:
+    """Replace every bitsandbytes 4-bit linear layer with a plain ``nn.Linear`` holding its dequantized
+    weight, in place, and drop the quantization record so PEFT treats the model as unquantized."""
+    import bitsandbytes as bnb
+
+    if getattr(model, "is_loaded_in_8bit", False):
+        raise AdapterError("dequantize_model: 8-bit bases are not supported; load the base unquantized instead")
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if not isinstance(child, bnb.nn.Linear4bit):
+                continue
+            packed: Any = child.weight  # a bnb Params4bit: packed data plus its quant_state
+            weight = bnb.functional.dequantize_4bit(packed.data, packed.quant_state).to(dtype)
+            linear = torch.nn.Linear(
+                child.in_features, child.out_features, bias=child.bias is not None, device=weight.device, dtype=dtype
+            )
+            with torch.no_grad():
+                linear.weight.copy_(weight)
+                if child.bias is not None:
+                    linear.bias.copy_(child.bias.to(dtype))
+            setattr(module, child_name, linear)
+    for attribute in ("is_loaded_in_4bit", "is_quantized"):
+        if hasattr(model, attribute):
+            setattr(model, attribute, False)
+    model.hf_quantizer = None
+    if hasattr(model, "quantization_method"):
+        del model.quantization_method
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model.to(dtype)

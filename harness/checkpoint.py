@@ -230,12 +230,8 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def load_adapter(base_model: Any, directory: str | Path, *, expected_base: str | None = None) -> Any:
-    """Verify a checkpoint and load its adapter onto ``base_model`` with plain PEFT."""
-    from peft import PeftModel
-
-    directory = Path(directory)
-    verify_checkpoint(directory)
+def check_adapter_base(directory: Path, expected_base: str | None) -> None:
+    """An adapter trained on another base model is refused, naming both."""
     config_path = directory / ADAPTER_CONFIG
     try:
         adapter_config = json.loads(config_path.read_text())
@@ -244,6 +240,15 @@ def load_adapter(base_model: Any, directory: str | Path, *, expected_base: str |
     recorded = adapter_config.get("base_model_name_or_path")
     if expected_base and recorded and recorded != expected_base:
         raise CheckpointError(f"{config_path}: adapter was trained on {recorded!r}, not {expected_base!r}")
+
+
+def load_adapter(base_model: Any, directory: str | Path, *, expected_base: str | None = None) -> Any:
+    """Verify a checkpoint and load its adapter onto ``base_model`` with plain PEFT."""
+    from peft import PeftModel
+
+    directory = Path(directory)
+    verify_checkpoint(directory)
+    check_adapter_base(directory, expected_base)
     try:
         return PeftModel.from_pretrained(base_model, str(directory))
     except RuntimeError as exc:
@@ -255,3 +260,31 @@ def load_adapter(base_model: Any, directory: str | Path, *, expected_base: str |
             f"{directory}: PEFT could not load the adapter ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:200] if str(exc) else ''})"
         ) from None
+
+
+def load_weights_into(model: Any, checkpoint_dir: str | Path, *, expected_base: str | None = None) -> None:
+    """Load a checkpoint's trained weights into an already-built model (adapter or full)."""
+    from safetensors.torch import load_file
+
+    checkpoint_dir = Path(checkpoint_dir)
+    verify_checkpoint(checkpoint_dir)
+    adapter = checkpoint_dir / ADAPTER_WEIGHTS
+    if adapter.is_file():
+        check_adapter_base(checkpoint_dir, expected_base)
+        from peft import set_peft_model_state_dict
+
+        try:
+            result = set_peft_model_state_dict(model, load_file(str(adapter)))
+        except RuntimeError as exc:
+            detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc)[:200])
+            raise CheckpointError(f"{adapter}: does not fit this model ({detail[:200]})") from None
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise CheckpointError(
+                f"{adapter}: {len(unexpected)} tensors do not belong to this model, e.g. {unexpected[0]}"
+            )
+        return
+    full = checkpoint_dir / "model.safetensors"
+    if not full.is_file():
+        raise CheckpointError(f"{checkpoint_dir}: no adapter_model.safetensors or model.safetensors")
+    model.load_state_dict(load_file(str(full)), strict=False)

@@ -73,6 +73,8 @@ def _load_run_config(args: argparse.Namespace) -> Any:
         overrides.append(f"output_dir={Path(args.output_dir).resolve()}")
     if getattr(args, "allow_pickle", False):
         overrides.append("allow_pickle=true")
+    if getattr(args, "skip_nonfinite", None) is not None:
+        overrides.append(f"training.skip_nonfinite={args.skip_nonfinite}")
     return load_config(args.config, overrides)
 
 
@@ -166,6 +168,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     """Run the criteria; under torchrun every rank trains and rank 0 alone checks, prints and reports."""
     from harness import distributed
     from harness.report import console_table, write_report
+    from harness.training import refuse_foreign_folder
     from harness.validation import Validator
 
     config = _load_run_config(args)
@@ -174,6 +177,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         _announce_ignored(config)
     out = Path(args.out) if args.out else Path(config.output_dir) / time.strftime("validate-%Y%m%d-%H%M%S")
     out = Path(distributed.broadcast_from_main(str(out), world))
+    if world.is_main:
+        refuse_foreign_folder(out, overwrite=args.overwrite)
     started = time.perf_counter()
 
     def progress(message: str) -> None:
@@ -284,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("config", type=Path, nargs="?", help="run config (default: the embedded default)")
     _run_options(validate)
     validate.add_argument("--out", help="report folder (default: <output_dir>/validate-<time>)")
+    validate.add_argument("--overwrite", action="store_true", help="write into a --out folder that holds files")
     validate.set_defaults(handler=_cmd_validate)
 
     data = commands.add_parser("data", help="inspect and cut datasets")
@@ -303,6 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, help="cap the optimizer steps")
+    parser.add_argument(
+        "--skip-nonfinite",
+        type=int,
+        metavar="N",
+        help="skip up to N optimizer steps whose loss or gradient is NaN/Inf (reported)",
+    )
     parser.add_argument(
         "--allow-pickle",
         action="store_true",

@@ -69,6 +69,7 @@ class Run:
             pad_id=pad_token_id(self.tokenizer),
             device=self.device,
             output_dir=output_dir or self.config.output_dir,
+            base_model_id=self.resolved.served_as,
             **kwargs,
         )
 

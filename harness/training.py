@@ -31,8 +31,8 @@ from harness.checkpoint import (
     TrainingState,
     list_checkpoints,
     load_training_state,
+    load_weights_into,
     save_checkpoint,
-    verify_checkpoint,
 )
 from harness.config import RunConfig
 from harness.data.batching import Batch, epoch_batches
@@ -261,8 +261,10 @@ class Trainer:
         device: torch.device,
         output_dir: str | Path,
         on_step: Callable[[StepRecord], None] | None = None,
+        base_model_id: str | None = None,
     ) -> None:
         self.model, self.config, self.training = model, config, config.training
+        self.base_model_id = base_model_id
         self.train_examples, self.validation_examples = train, validation
         self.pad_id, self.device, self.output_dir = pad_id, device, Path(output_dir)
         self.on_step = on_step
@@ -351,7 +353,7 @@ class Trainer:
                 f"{checkpoint_dir}: planned for {state.extra.get('total_steps')} steps, this run "
                 f"plans {self.total_steps}; resume with the same config"
             )
-        load_weights_into(self.model, checkpoint_dir)
+        load_weights_into(self.model, checkpoint_dir, expected_base=self.base_model_id)
         self.optimizer.load_state_dict(state.optimizer)
         self.scheduler.load_state_dict(state.scheduler)
         _set_rng_state(state.rng)
@@ -500,37 +502,27 @@ def _progress(total: int, initial: int, enabled: bool = True) -> Any:
     )
 
 
-def load_weights_into(model: Any, checkpoint_dir: str | Path) -> None:
-    """Load a checkpoint's trained weights into an already-built model (adapter or full)."""
-    from safetensors.torch import load_file
-
-    checkpoint_dir = Path(checkpoint_dir)
-    verify_checkpoint(checkpoint_dir)
-    adapter = checkpoint_dir / "adapter_model.safetensors"
-    if adapter.is_file():
-        from peft import set_peft_model_state_dict
-
-        try:
-            result = set_peft_model_state_dict(model, load_file(str(adapter)))
-        except RuntimeError as exc:
-            detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc)[:200])
-            raise CheckpointError(f"{adapter}: does not fit this model ({detail[:200]})") from None
-        unexpected = getattr(result, "unexpected_keys", [])
-        if unexpected:
-            raise CheckpointError(
-                f"{adapter}: {len(unexpected)} tensors do not belong to this model, e.g. {unexpected[0]}"
-            )
+def refuse_foreign_folder(folder: Path, *, overwrite: bool) -> None:
+    """A non-empty folder that is not a previous harness run is not written into without --overwrite."""
+    if overwrite or not folder.is_dir():
         return
-    full = checkpoint_dir / "model.safetensors"
-    if not full.is_file():
-        raise CheckpointError(f"{checkpoint_dir}: no adapter_model.safetensors or model.safetensors")
-    model.load_state_dict(load_file(str(full)), strict=False)
+    foreign = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise TrainingError(
+            f"{folder}: exists and holds other files ({shown}); choose an empty folder or pass --overwrite"
+        )
 
 
 def prepare_output_dir(output_dir: Path, *, resuming: bool, overwrite: bool) -> None:
-    """Refuse to write a new run over a previous one unless asked; nothing is lost by accident."""
+    """Refuse to write a new run over a previous one, or into a folder of other files, unless asked;
+    nothing is lost by accident. ``overwrite`` replaces a previous run's checkpoints and metrics and
+    never deletes files harness did not write."""
     previous = list_checkpoints(output_dir) or (output_dir / METRICS_FILE).is_file()
-    if not previous or resuming:
+    if not previous:
+        refuse_foreign_folder(output_dir, overwrite=overwrite)
+        return
+    if resuming:
         return
     if not overwrite:
         raise TrainingError(

@@ -531,7 +531,7 @@ class Validator:
 
                 reloaded = load_model(final, device=run.device, dtype=run.dtype)
             else:
-                reloaded = load_adapter(run.load_base(), final)
+                reloaded = load_adapter(run.load_base(), final, expected_base=run.resolved.served_as)
             again = reloaded.eval()(**inputs).logits.float()
         diff = float((trained - again).abs().max())
         tolerance = 1e-4 if self.config.adapter != "qlora" else 1e-3

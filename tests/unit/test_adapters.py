@@ -102,3 +102,39 @@ def test_block_size_other_than_64_is_rejected(tiny_llama):
     cfg = config(adapter="qlora", **{"quantization.block_size": 128})
     with pytest.raises(AdapterError, match=r"quantization.block_size: bitsandbytes .* blocks of 64 only .*got 128"):
         load_model(tiny_llama.path, quantization=cfg.quantization)
+
+
+def test_qlora_adapter_merges_into_the_dequantized_base(tiny_llama, tmp_path):
+    from harness.adapters import dequantize_model, merge_adapter
+    from harness.checkpoint import load_adapter, save_checkpoint
+
+    cfg = config(adapter="qlora", **{"lora.r": 4, "lora.target_modules": "[all-linear]"})
+    peft_model, _ = build_adapter(
+        load_model(tiny_llama.path, quantization=cfg.quantization), cfg, ModelInfo.from_config(tiny_llama.path)
+    )
+    with torch.no_grad():  # a trained-looking adapter: non-zero B
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.05)
+    directory = save_checkpoint(peft_model, tmp_path / "qlora")
+    ids = torch.tensor([[1, 40, 41, 42, 43, 44, 45]])
+    with torch.no_grad():
+        adapter_logits = peft_model.eval()(input_ids=ids).logits
+        base = dequantize_model(load_model(tiny_llama.path, quantization=cfg.quantization))
+        merged = merge_adapter(load_adapter(base, directory)).eval()
+        merged_logits = merged(input_ids=ids).logits
+    diff = float((adapter_logits - merged_logits).abs().max())
+    print(f"max |logits(QLoRA adapter on 4-bit base) - logits(merged into dequantized base)| = {diff:.2e}")
+    assert diff < 1e-4
+    assert not any(type(m).__name__ == "Linear4bit" for m in merged.modules())
+
+
+def test_merge_refuses_a_quantized_base(tiny_llama):
+    from harness.adapters import merge_adapter
+
+    cfg = config(adapter="qlora", **{"lora.r": 4})
+    peft_model, _ = build_adapter(
+        load_model(tiny_llama.path, quantization=cfg.quantization), cfg, ModelInfo.from_config(tiny_llama.path)
+    )
+    with pytest.raises(AdapterError, match="the base is quantized; dequantize_model"):
+        merge_adapter(peft_model)

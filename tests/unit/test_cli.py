@@ -112,3 +112,28 @@ def test_data_subset(tmp_path, capsys):
     out = tmp_path / "first3.jsonl"
     assert main(["data", "subset", str(source), "--first", "3", "-o", str(out)]) == 0
     assert out.read_text().count("\n") == 3 and "wrote 3 rows" in capsys.readouterr().out
+
+
+def test_train_refuses_a_folder_of_other_files(tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("precious")
+    args = ["train", str(CONFIGS / "smollm2_qlora_dev.yaml"), "--output-dir", str(folder), *TINY_RUN]
+    assert main(args) == 2
+    assert capsys.readouterr().err == (
+        f"error: {folder}: exists and holds other files (thesis.tex); choose an empty folder or pass --overwrite\n"
+    )
+    assert (folder / "thesis.tex").read_text() == "precious"
+
+
+def test_validate_refuses_an_out_folder_of_other_files(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("keep")
+    assert main(["validate", "--out", str(tmp_path), *TINY_RUN]) == 2
+    assert "exists and holds other files (notes.txt)" in capsys.readouterr().err
+
+
+def test_skip_nonfinite_flag_sets_the_config_key(capsys):
+    from harness.cli import _load_run_config, build_parser
+
+    args = build_parser().parse_args(["train", str(CONFIGS / "smollm2_qlora_dev.yaml"), "--skip-nonfinite", "3"])
+    assert _load_run_config(args).training.skip_nonfinite == 3

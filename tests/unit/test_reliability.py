@@ -12,13 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness import checkpoint as checkpoint_module
-from harness.checkpoint import list_checkpoints, load_adapter, save_checkpoint, verify_checkpoint
+from harness.checkpoint import list_checkpoints, load_adapter, load_weights_into, save_checkpoint, verify_checkpoint
 from harness.config import config_from_dict, load_config
 from harness.data.sources import load_rows
 from harness.errors import CheckpointError, HarnessError, ModelResolutionError, TrainingError
 from harness.loading import load_model
 from harness.recipe import prepare_run
-from harness.training import load_weights_into
 
 TINY = [
     "base_model=harness/tiny-random-llama",
@@ -250,3 +249,14 @@ def test_fuzzed_dataset_bytes_raise_only_data_errors(tmp_path, data):
         load_rows(str(path), "alpaca")
     except HarnessError:
         pass
+
+
+def test_resume_refuses_a_checkpoint_of_another_base_model(tmp_path):
+    run = tiny_run(tmp_path, "training.max_steps=2", "training.save_steps=1")
+    checkpoint = run.trainer().train().checkpoints[0]
+    config_path = checkpoint / "adapter_config.json"
+    config_path.write_text(json.dumps(json.loads(config_path.read_text()) | {"base_model_name_or_path": "org/other"}))
+    checkpoint_module.write_manifest(checkpoint)
+    again = tiny_run(tmp_path / "again", "training.max_steps=2")
+    with pytest.raises(CheckpointError, match=r"adapter was trained on 'org/other', not 'harness/tiny-random-llama'$"):
+        again.trainer().train(resume_from=checkpoint)
