@@ -24,17 +24,10 @@ from harness.errors import ModelResolutionError
 
 MARKER_FILE = "harness_snapshot.json"
 
-TINYLLAMA_CONFIG: dict[str, Any] = {
+# What every Llama config here shares: SiLU MLP, RMSNorm eps 1e-5, untied embeddings, BOS 1 / EOS 2.
+_LLAMA_COMMON: dict[str, Any] = {
     "architectures": ["LlamaForCausalLM"],
     "model_type": "llama",
-    "hidden_size": 2048,
-    "num_hidden_layers": 22,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 4,
-    "intermediate_size": 5632,
-    "vocab_size": 32000,
-    "max_position_embeddings": 2048,
-    "rope_theta": 10000.0,
     "rms_norm_eps": 1e-5,
     "tie_word_embeddings": False,
     "hidden_act": "silu",
@@ -43,9 +36,18 @@ TINYLLAMA_CONFIG: dict[str, Any] = {
     "initializer_range": 0.02,
 }
 
-TINY_RANDOM_LLAMA_CONFIG: dict[str, Any] = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
+TINYLLAMA_CONFIG: dict[str, Any] = _LLAMA_COMMON | {
+    "hidden_size": 2048,
+    "num_hidden_layers": 22,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 4,
+    "intermediate_size": 5632,
+    "vocab_size": 32000,
+    "max_position_embeddings": 2048,
+    "rope_theta": 10000.0,
+}
+
+TINY_RANDOM_LLAMA_CONFIG: dict[str, Any] = _LLAMA_COMMON | {
     "hidden_size": 64,
     "num_hidden_layers": 2,
     "num_attention_heads": 4,
@@ -54,12 +56,6 @@ TINY_RANDOM_LLAMA_CONFIG: dict[str, Any] = {
     "vocab_size": 320,
     "max_position_embeddings": 512,
     "rope_theta": 10000.0,
-    "rms_norm_eps": 1e-5,
-    "tie_word_embeddings": False,
-    "hidden_act": "silu",
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-    "initializer_range": 0.02,
 }
 
 # A ChatML template for the byte-level stand-in tokenizer, so conversation data can be rendered.

@@ -28,6 +28,10 @@ def run(args, cwd, env=None):
     return subprocess.run(args, cwd=cwd, env=merged, capture_output=True, text=True, timeout=600)
 
 
+def torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+
+
 def losses(folder: Path) -> list[float]:
     lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     return [line["loss"] for line in lines if line["type"] == "train"]
@@ -50,17 +54,12 @@ def test_two_gloo_ranks_match_one_process_with_twice_the_micro_batch(tmp_path, t
     assert done.returncode == 0, done.stderr[-3000:]
     double = write_config(tmp_path / "ddp", batch=2)
     done = run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
+        torchrun(
             "-m",
             "harness",
             "train",
             str(double),
-        ],
+        ),
         ROOT,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -84,18 +83,13 @@ def test_ranks_that_disagree_on_the_config_stop(tmp_path, tiny_ready):
         "sys.exit(main(['train', sys.argv[1], '--set', 'training.learning_rate=' + lr]))"
     )
     done = run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
+        torchrun(
             "--no-python",
             sys.executable,
             "-c",
             script,
             str(config),
-        ],
+        ),
         ROOT,
     )
     assert done.returncode != 0
@@ -106,12 +100,7 @@ def test_validate_under_torchrun_trains_on_both_ranks_and_reports_once(tmp_path,
     config = write_config(tmp_path / "validate", batch=2)
     out = tmp_path / "report"
     done = run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
+        torchrun(
             "-m",
             "harness",
             "validate",
@@ -122,7 +111,7 @@ def test_validate_under_torchrun_trains_on_both_ranks_and_reports_once(tmp_path,
             "validation.min_steps=8",
             "--set",
             "validation.eval_examples=4",
-        ],
+        ),
         ROOT,
     )
     assert done.stdout.count("validating ") == 1 and "on 2 ranks" in done.stdout, done.stderr[-3000:]

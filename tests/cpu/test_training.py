@@ -16,6 +16,7 @@ from harness.data.sources import load_rows
 from harness.generation import greedy_generate
 from harness.recipe import prepare_run
 from harness.training import build_optimizer, training_step
+from tests.helpers import Interrupted, interrupt_at
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M"
 
@@ -141,18 +142,6 @@ def test_generation_after_training_is_non_empty(trained):
     )
     print("generated:", outputs)
     assert all(o.strip() for o in outputs)
-
-
-class Interrupted(Exception):
-    pass
-
-
-def interrupt_at(step):
-    def callback(record):
-        if record.step == step:
-            raise Interrupted(step)
-
-    return callback
 
 
 def test_resume_continues_to_the_same_final_loss(tmp_path):

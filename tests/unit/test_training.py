@@ -15,6 +15,7 @@ from harness.data.formatting import IGNORE_INDEX, Example
 from harness.errors import CheckpointError, TrainingError
 from harness.recipe import prepare_run
 from harness.training import build_optimizer, lr_factor, training_step
+from tests.helpers import Interrupted, interrupt_at
 
 TINY = "harness/tiny-random-llama"
 
@@ -138,18 +139,6 @@ def test_checkpoints_load_with_plain_peft_and_reproduce_logits(tmp_path):
     diff = float((trained - again).abs().max())
     print(f"max |logits(trained) - logits(PeftModel.from_pretrained)|: {diff:.2e}")
     assert diff == 0.0
-
-
-class Interrupted(Exception):
-    pass
-
-
-def interrupt_at(step):
-    def callback(record):
-        if record.step == step:
-            raise Interrupted(step)
-
-    return callback
 
 
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path):
