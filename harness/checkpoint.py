@@ -225,11 +225,6 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return sorted(found, key=checkpoint_step)
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    checkpoints = list_checkpoints(output_dir)
-    return checkpoints[-1] if checkpoints else None
-
-
 def check_adapter_base(directory: Path, expected_base: str | None) -> None:
     """An adapter trained on another base model is refused, naming both."""
     config_path = directory / ADAPTER_CONFIG

@@ -134,7 +134,6 @@ class PreparedData:
     held_out: list[Record]
     stats: DataStats
     source: str
-    train_records: list[Record] = field(default_factory=list)
 
 
 def split_indices(count: int, train_split: float, seed: int) -> tuple[list[int], list[int]]:
@@ -179,4 +178,4 @@ def prepare_data(dataset: DatasetSection, tokenizer: Any, seed: int) -> Prepared
     validation = tokenize_records(held_out, tokenizer, dataset, stats)
     if not train:
         raise DataError(f"{dataset.path}: no training example left after tokenization (dropped: {dict(stats.dropped)})")
-    return PreparedData(train, validation, held_out, stats, loaded.source if loaded else BUILTIN_TASKS, train_records)
+    return PreparedData(train, validation, held_out, stats, loaded.source if loaded else BUILTIN_TASKS)
