@@ -57,9 +57,6 @@ class Run:
             self.prepared = prepare_data(self.config.dataset, self.tokenizer, self.config.seed)
         return self.prepared
 
-    def load_data(self) -> PreparedData:
-        return self.data
-
     def trainer(self, output_dir: str | None = None, **kwargs: Any) -> Trainer:
         return Trainer(
             self.model,
@@ -84,5 +81,5 @@ def prepare_run(config: RunConfig, *, with_data: bool = True) -> Run:
     dtype = pick_dtype(config.training.dtype, device)
     run = Run(config, resolved, info, tokenizer, device, dtype)
     if with_data:
-        run.load_data()
+        run.data  # noqa: B018 - prepare the data now, before any weights load
     return run

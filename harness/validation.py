@@ -146,7 +146,8 @@ class Validator:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if not isinstance(exc, HarnessError):
                 message = f"{type(exc).__name__}: {message}"
-                (self.out_dir / "errors.log").open("a").write(traceback.format_exc() + "\n")
+                with (self.out_dir / "errors.log").open("a") as log:
+                    log.write(traceback.format_exc() + "\n")
             for cid in cids:
                 if self.criteria[cid].status == SKIPPED and not self.criteria[cid].detail:
                     self._set(cid, False, "error", "", message[:300])
@@ -202,7 +203,7 @@ class Validator:
     def _prepare_data(self) -> None:
         run = self.outcome.run
         assert run is not None
-        run.load_data()
+        run.data  # noqa: B018 - prepare the data now, so a bad dataset fails this step
         self._fit_epochs_to_step_cap(run)
         self.outcome.facts["data"] = run.data.stats.to_dict() | {
             "source": run.data.source,
