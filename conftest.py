@@ -1,5 +1,5 @@
-"""This project's own test layout on top of the harness pytest plugin (harness/pytest_plugin.py, which
-brings the tier markers, --runslow and the model fixtures to any project that installs harness).
+"""This project's own test layout on top of the harness pytest plugin (harness/pytest_plugin.py: the
+tier markers, --runslow and the model fixtures; opt-in, so this conftest asks for it).
 
 Here the tier follows the directory a test lives in: tests/unit -> ``unit``, tests/cpu -> ``cpu``,
 tests/gpu -> ``cuda``, tests/e2e -> ``e2e``.
@@ -14,6 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent
 ALPACA_1K = ROOT.parent / "shared" / "data" / "alpaca_data_1k.json"
 _TIER_BY_DIR = {"unit": "unit", "cpu": "cpu", "gpu": "cuda", "e2e": "e2e"}
+
+pytest_plugins = ["harness.pytest_plugin"]
 
 
 @pytest.hookimpl(tryfirst=True)
