@@ -1,7 +1,14 @@
 """The ``harness`` command line.
 
-Every user-caused failure is a ``HarnessError`` whose one-line message is printed as ``error: ...``
-with exit code 2; nothing else is caught, so real bugs still show their traceback.
+Every user-caused failure is a ``HarnessError`` whose one-line message is printed as ``error: ...``;
+nothing else is caught, so real bugs still show their traceback. Exit codes:
+
+  0    success (validate: every criterion passed)
+  1    validate: a criterion failed (the report says which)
+  2    bad input: config, dataset, checkpoint, model, output folder or command-line arguments
+  3    train: training itself failed (NaN/Inf loss or gradient, CUDA out of memory)
+  130  interrupted by SIGINT (Ctrl-C) after checkpointing; the last line is the command to resume
+  143  interrupted by SIGTERM, likewise
 """
 
 from __future__ import annotations
@@ -9,17 +16,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import shlex
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, TrainingError
 
+EXIT_CRITERION_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_TRAINING_FAILED = 3
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
@@ -129,19 +139,65 @@ def _cmd_train(args: argparse.Namespace) -> int:
         with _stop_on_signals(trainer):
             result = trainer.train(resume_from=resume)
     except TrainingInterrupted as stop:
-        again = " ".join(shlex.quote(a) for a in ["harness", *sys.argv[1:]] if a not in ("--resume", "--overwrite"))
         say(
             f"interrupted by {signal.Signals(stop.signum).name} after step {stop.step}: checkpoint {stop.checkpoint}, "
-            f"metrics {output_dir / 'metrics.jsonl'}; resume with: {again} --resume",
+            f"metrics {output_dir / 'metrics.jsonl'}; resume with: {resume_command(args, stop.checkpoint)}",
             file=sys.stderr,
         )
         return 128 + stop.signum
+    except TrainingError as exc:
+        # Raised by the loop itself (non-finite loss, out of memory), not by the input checks above,
+        # which exit 2 through main. Every rank says it: the failing one may not be rank 0.
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_TRAINING_FAILED
     if world.is_main:
         export_adapter(run.model, output_dir)
     distributed.barrier(world)
     say(f"checkpoints: {', '.join(p.name for p in result.checkpoints)} in {output_dir}")
     say(f"final adapter: {output_dir / 'adapter_model.safetensors'} (load with peft.PeftModel.from_pretrained)")
     return 0
+
+
+def resume_command(
+    args: argparse.Namespace,
+    checkpoint: Path | None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    argv0: str | None = None,
+) -> str:
+    """The command that resumes an interrupted ``harness train``: the same launcher (``harness``,
+    ``python -m harness`` or ``torchrun --nproc_per_node=N [--nnodes=M] -m harness``), the same options,
+    and ``--resume CHECKPOINT``. Built from the parsed arguments, so it parses whatever the spelling
+    of the original (abbreviations, ``--opt=value``, ``--resume`` before the config). A multi-node run
+    needs its rendezvous options added back by hand."""
+    environ = os.environ if environ is None else environ
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    if "LOCAL_WORLD_SIZE" in environ and "WORLD_SIZE" in environ:
+        per_node = int(environ["LOCAL_WORLD_SIZE"])
+        nodes = max(1, int(environ["WORLD_SIZE"]) // max(1, per_node))
+        words = ["torchrun", f"--nproc_per_node={per_node}", *([f"--nnodes={nodes}"] if nodes > 1 else [])]
+        words += ["-m", "harness"]
+    elif Path(argv0).name == "__main__.py":
+        words = [sys.executable, "-m", "harness"]
+    else:
+        words = ["harness"]
+    if args.verbose:
+        words.append("--verbose")
+    words += ["train", str(args.config)]
+    if args.max_steps is not None:
+        words += ["--max-steps", str(args.max_steps)]
+    if args.skip_nonfinite is not None:
+        words += ["--skip-nonfinite", str(args.skip_nonfinite)]
+    if args.allow_pickle:
+        words.append("--allow-pickle")
+    for override in args.set:
+        words += ["--set", override]
+    if args.output_dir is not None:
+        words += ["--output-dir", args.output_dir]
+    words.append("--resume")
+    if checkpoint is not None:
+        words.append(str(checkpoint))
+    return shlex.join(words)
 
 
 @contextlib.contextmanager
@@ -169,7 +225,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from harness import distributed
     from harness.report import console_table, write_report
     from harness.training import refuse_foreign_folder
-    from harness.validation import Validator
+    from harness.validation import validate
 
     config = _load_run_config(args)
     world = distributed.init_from_env()
@@ -185,14 +241,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         if world.is_main:
             print(f"[{time.perf_counter() - started:6.1f}s] {message}", flush=True)
 
-    def criterion(c: Any) -> None:
-        if c.detail != "measured on rank 0":
-            progress(f"{c.status:<7} {c.name}: {c.measured or c.detail}")
-
     if world.is_main:
         ranks = f" on {world.size} ranks" if world.distributed else ""
         print(f"validating {config.source} -> {out}{ranks}", flush=True)
-    outcome = Validator(config, out, on_criterion=criterion, on_progress=progress).run()
+    outcome = validate(config, out, on_progress=progress)
     if not world.is_main:
         return 0
     write_report(outcome)
@@ -257,7 +309,13 @@ def _cmd_data_subset(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0])
+    lines = __doc__.splitlines()
+    parser = argparse.ArgumentParser(
+        prog="harness",
+        description=lines[0],
+        epilog="exit codes:\n" + "\n".join(line for line in lines if line[:1] == " " and line.strip()[:1].isdigit()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="show library logs")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

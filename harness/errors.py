@@ -2,7 +2,8 @@
 
 Every failure a user can cause (a bad config, dataset, checkpoint, CLI argument, or a model that
 cannot be found) is raised as a ``HarnessError`` whose message is a single line naming the file,
-key or row and what is allowed. The CLI prints that line and exits 2 instead of a traceback.
+key or row and what is allowed. The CLI prints that line instead of a traceback and exits 2, or 3 for
+a ``TrainingError`` raised by the training loop itself (see ``harness.cli`` for every exit code).
 """
 
 from __future__ import annotations
@@ -33,4 +34,5 @@ class CheckpointError(HarnessError):
 
 
 class TrainingError(HarnessError):
-    """Training hit a non-recoverable numerical fault."""
+    """Training hit a non-recoverable fault (non-finite loss or gradient, out of memory), or refused
+    to write into an output folder (raised before training starts)."""

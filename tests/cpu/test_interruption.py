@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -37,8 +38,12 @@ def write_config(folder: Path) -> Path:
 
 
 def harness(*args, **kwargs):
+    return run_command([sys.executable, "-m", "harness", *args], **kwargs)
+
+
+def run_command(words, **kwargs):
     return subprocess.Popen(
-        [sys.executable, "-m", "harness", *args],
+        words,
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -82,14 +87,17 @@ def test_signal_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path, un
     _, err = child.communicate(timeout=300)
     assert child.returncode == exit_code, err[-2000:]
     last = err.strip().splitlines()[-1]
-    assert last.startswith(f"interrupted by {signal.Signals(signum).name} after step ") and last.endswith(" --resume")
+    assert last.startswith(f"interrupted by {signal.Signals(signum).name} after step ")
     checkpoints = list_checkpoints(out)
     assert len(checkpoints) == 1
     verify_checkpoint(checkpoints[0])
     stopped_at = int(checkpoints[0].name.split("-")[1])
     assert 5 <= stopped_at < 30
 
-    resumed = harness("train", str(config), "--resume")
+    # The hint is the command to run, as printed.
+    hint = shlex.split(last.split("; resume with: ", 1)[1])
+    assert hint == [sys.executable, "-m", "harness", "train", str(config), "--resume", str(checkpoints[0])]
+    resumed = run_command(hint)
     stdout, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-2000:]
     assert f"resuming from {checkpoints[0]}" in stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import yaml
@@ -137,3 +138,136 @@ def test_skip_nonfinite_flag_sets_the_config_key(capsys):
 
     args = build_parser().parse_args(["train", str(CONFIGS / "smollm2_qlora_dev.yaml"), "--skip-nonfinite", "3"])
     assert _load_run_config(args).training.skip_nonfinite == 3
+
+
+def tiny_train_args(out: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        str(CONFIGS / "smollm2_qlora_dev.yaml"),
+        "--output-dir",
+        str(out),
+        "--set",
+        "adapter=lora",
+        "--set",
+        "dataset.path=builtin:tasks",
+        *TINY_RUN,
+        *extra,
+    ]
+
+
+def test_a_training_failure_exits_3_and_bad_input_still_exits_2(tmp_path, capsys, tiny_llama):
+    # lora.alpha / r = 2.5e37 scales the adapter's output past float32: the first gradient is inf.
+    assert main(tiny_train_args(tmp_path / "inf", "--max-steps", "2", "--set", "lora.alpha=1e38")) == 3
+    assert capsys.readouterr().err == "error: step 1: gradient norm is inf; stopped, no checkpoint was saved yet\n"
+    assert main(tiny_train_args(tmp_path / "bad", "--set", "lora.alpha=x")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --set lora.alpha=x: lora.alpha: ") and err.count("\n") == 1
+
+
+def test_help_lists_the_exit_codes(capsys):
+    import pytest
+
+    from harness.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    help_text = capsys.readouterr().out
+    assert "exit codes:\n  0 " in help_text
+    for code in ("1", "2", "3", "130", "143"):
+        assert f"\n  {code} " in help_text
+
+
+# -- the resume hint: a command that parses back to the same run, and runs
+
+
+def parse_hint(hint: str, launcher: list[str]):
+    from harness.cli import build_parser
+
+    words = shlex.split(hint)
+    assert words[: len(launcher)] == launcher, words
+    return build_parser().parse_args(words[len(launcher) :])
+
+
+def test_resume_hint_under_torchrun_keeps_every_option(tmp_path):
+    from harness.cli import build_parser, resume_command
+
+    argv = [
+        "-v",
+        "train",
+        "my config.yaml",
+        "--resume",  # the bare flag (auto): a run resumed and interrupted again
+        "--max-steps=60",
+        "--skip-nonfinite",
+        "2",
+        "--allow-pickle",
+        "--set",
+        "lora.r=8",
+        "--set",
+        "training.learning_rate=1e-4",
+        "--output-dir",
+        "runs/a b",
+        "--overwrite",
+    ]
+    args = build_parser().parse_args(argv)
+    checkpoint = tmp_path / "runs" / "a b" / "checkpoint-000060"
+    hint = resume_command(args, checkpoint, environ={"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"}, argv0="x")
+    back = parse_hint(hint, ["torchrun", "--nproc_per_node=2", "--nnodes=2", "-m", "harness"])
+    assert back.resume == str(checkpoint) and not back.overwrite
+    assert {**vars(back), "resume": None, "overwrite": None} == {**vars(args), "resume": None, "overwrite": None}
+    # Every train option is carried (or deliberately dropped): a new one must be added to resume_command.
+    assert set(vars(args)) == {
+        "verbose",
+        "command",
+        "handler",
+        "config",
+        "max_steps",
+        "skip_nonfinite",
+        "allow_pickle",
+        "set",
+        "output_dir",
+        "resume",
+        "overwrite",
+    }
+
+
+def test_resume_hint_launchers():
+    import sys
+
+    from harness.cli import build_parser, resume_command
+
+    args = build_parser().parse_args(["train", "cfg.yaml"])
+    single_node = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+    assert resume_command(args, Path("ck"), environ=single_node, argv0="x") == (
+        "torchrun --nproc_per_node=2 -m harness train cfg.yaml --resume ck"
+    )
+    console_script = resume_command(args, Path("ck"), environ={}, argv0="/venv/bin/harness")
+    assert console_script == "harness train cfg.yaml --resume ck"
+    module = resume_command(args, None, environ={}, argv0="/src/harness/__main__.py")
+    assert shlex.split(module) == [sys.executable, "-m", "harness", "train", "cfg.yaml", "--resume"]
+    assert parse_hint(module, [sys.executable, "-m", "harness"]).resume == "auto"
+
+
+def test_interrupted_train_prints_a_resume_command_that_runs(tmp_path, capsys, monkeypatch, tiny_llama):
+    import contextlib
+    import signal
+
+    from harness import cli
+
+    @contextlib.contextmanager
+    def stop_after_the_first_step(trainer):
+        trainer.request_stop(signal.SIGINT)  # what the SIGINT handler does
+        yield
+
+    monkeypatch.setattr(cli, "_stop_on_signals", stop_after_the_first_step)
+    monkeypatch.setattr("sys.argv", ["harness"])
+    out = tmp_path / "run dir"
+    assert main(tiny_train_args(out, "--max-steps", "3", "--set", "training.dtype=float32")) == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("interrupted by SIGINT after step 1: checkpoint ")
+    hint = last.split("; resume with: ", 1)[1]
+    assert shlex.split(hint)[-2:] == ["--resume", str(out / "checkpoint-000001")]
+    monkeypatch.undo()
+    assert parse_hint(hint, ["harness"]).set[-1] == "training.dtype=float32"
+    assert main(shlex.split(hint)[1:]) == 0
+    printed = capsys.readouterr().out
+    assert f"resuming from {out / 'checkpoint-000001'}" in printed and "step 3/3 loss" in printed
