@@ -117,14 +117,21 @@ class TrainingSection:
 
 @dataclass
 class ValidationSection:
-    loss_window: int = _field(10, _POSITIVE_INT)
-    loss_decrease_ratio: float = _field(0.9, Rule("float", "a number in (0, 1]", lambda v: 0 < v <= 1))
+    """Thresholds of ``harness validate`` (the research document's section 9 criteria)."""
+
     min_steps: int = _field(100, _POSITIVE_INT)
-    max_first_loss: float = _field(10.0, Rule("float", "a number > 0", lambda v: v > 0))
+    eval_loss_examples: int = _field(64, _POSITIVE_INT)
+    loss_decrease_ratio: float = _field(0.95, Rule("float", "a number in (0, 1]", lambda v: 0 < v <= 1))
+    loss_decrease_min_z: float = _field(3.0, _NON_NEGATIVE)
+    first_loss_max_fraction: float = _field(0.6, Rule("float", "a number in (0, 1]", lambda v: 0 < v <= 1))
+    random_init_first_loss_tolerance: float = _field(0.1, _FRACTION)
     grad_norm_min: float = _field(1e-6, _NON_NEGATIVE)
     grad_norm_max: float = _field(100.0, Rule("float", "a number > 0", lambda v: v > 0))
     eval_examples: int = _field(40, _POSITIVE_INT)
+    max_new_tokens: int = _field(32, _POSITIVE_INT)
     min_accuracy_gain: float = _field(0.5, _FRACTION)
+    min_coherent_fraction: float = _field(0.8, _FRACTION)
+    min_response_loss_drop: float = _field(0.02, _FRACTION)
     max_perplexity_ratio: float = _field(1.5, Rule("float", "a number >= 1", lambda v: v >= 1))
     generation: bool = _field(True, Rule("bool"))
 
@@ -351,23 +358,25 @@ def default_config_dict() -> dict[str, Any]:
         "dataset": {
             "path": BUILTIN_TASKS,
             "type": "alpaca",
-            "max_length": 128,
-            "train_split": 0.9,
-            "num_examples": 500,
+            "max_length": 256,  # a cap: batches pad to their longest row (about 80 tokens here)
+            "train_split": 0.8,
+            "num_examples": 190,
             "task_families": ["sort_numbers", "reverse_words"],
         },
-        # 450 train examples / batch 4 = one epoch of 113 steps (the criteria want 100+).
+        # 152 train examples / batch 3 = 51 steps an epoch; two epochs (so the epoch boundary is
+        # checked) give the 100+ steps the criteria want. Batch 3 and short generations keep the run
+        # near 170 s on two CPU cores; batch 2 learns too little (+45 points, measured). No periodic
+        # eval: the held-out loss is measured before and after training instead.
         "training": {
-            "epochs": 1,
-            "batch_size": 4,
+            "epochs": 2,
+            "batch_size": 3,
             "learning_rate": 1e-3,
             "lr_scheduler": "linear",
             "warmup_ratio": 0.05,
             "logging_steps": 10,
-            "save_steps": 60,
-            "eval_steps": 20,
-            "eval_batches": 4,
+            "save_steps": 50,
             "dtype": "float32",
         },
-        "validation": {"loss_window": 10, "loss_decrease_ratio": 0.7, "min_steps": 100, "eval_examples": 40},
+        # Answers are at most 23 tokens with EOS (six two-digit numbers), so 24 new tokens suffice.
+        "validation": {"min_steps": 100, "eval_examples": 40, "eval_loss_examples": 32, "max_new_tokens": 24},
     }

@@ -6,6 +6,7 @@ code to run.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,15 @@ def _version(distribution: str) -> str:
         return "(not installed)"
 
 
+@dataclass
+class LoadingReport:
+    """What transformers' loader said about the checkpoint's keys (``output_loading_info``)."""
+
+    missing_keys: list[str] = field(default_factory=list)
+    unexpected_keys: list[str] = field(default_factory=list)
+    mismatched_keys: list[str] = field(default_factory=list)
+
+
 def load_model(
     snapshot: str | Path,
     *,
@@ -77,6 +87,21 @@ def load_model(
 ) -> Any:
     """Load a causal LM from a snapshot; ``quantization`` loads it 4- or 8-bit for QLoRA. Pickle
     weights (which can run code when unpickled) are refused unless ``allow_pickle``."""
+    model, _report = load_model_with_report(
+        snapshot, device=device, dtype=dtype, quantization=quantization, allow_pickle=allow_pickle
+    )
+    return model
+
+
+def load_model_with_report(
+    snapshot: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    quantization: QuantizationSection | None = None,
+    allow_pickle: bool = False,
+) -> tuple[Any, LoadingReport]:
+    """``load_model``, plus the loader's report of missing, unexpected and mismatched keys."""
     from transformers import AutoModelForCausalLM
 
     snapshot = Path(snapshot)
@@ -102,12 +127,18 @@ def load_model(
         compute = dtype if quantization.compute_dtype == "auto" else getattr(torch, quantization.compute_dtype)
         kwargs["quantization_config"] = bitsandbytes_config(quantization, compute)
         kwargs["device_map"] = {"": device}
-    model: Any = AutoModelForCausalLM.from_pretrained(str(snapshot), **kwargs)
+    loaded: Any = AutoModelForCausalLM.from_pretrained(str(snapshot), output_loading_info=True, **kwargs)
+    model, info = loaded
     if quantization is None:
         model.to(device)
     else:
         _keep_4bit_weights_trainable(model)
-    return model
+    report = LoadingReport(
+        sorted(info.get("missing_keys", [])),
+        sorted(info.get("unexpected_keys", [])),
+        sorted(str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys", [])),
+    )
+    return model, report
 
 
 def _keep_4bit_weights_trainable(model: Any) -> None:

@@ -14,7 +14,7 @@ import torch
 from harness.adapters import AdapterSummary, build_adapter
 from harness.config import RunConfig
 from harness.data.formatting import PreparedData, pad_token_id, prepare_data
-from harness.loading import load_model, load_tokenizer, pick_device, pick_dtype
+from harness.loading import LoadingReport, load_model_with_report, load_tokenizer, pick_device, pick_dtype
 from harness.model_info import ModelInfo
 from harness.resolve import ResolvedModel, resolve_model
 from harness.training import Trainer
@@ -35,8 +35,13 @@ class Run:
     def load_base(self, *, quantized: bool = True) -> Any:
         """A fresh copy of the base model as this run loads it (quantized for QLoRA unless
         ``quantized=False``, which gives the dequantized weights a QLoRA adapter merges into)."""
+        model, _report = self.load_base_with_report(quantized=quantized)
+        return model
+
+    def load_base_with_report(self, *, quantized: bool = True) -> tuple[Any, LoadingReport]:
+        """``load_base``, plus the loader's report of missing, unexpected and mismatched keys."""
         quantization = self.config.quantization if self.config.adapter == "qlora" and quantized else None
-        return load_model(
+        return load_model_with_report(
             self.resolved.path,
             device=self.device,
             dtype=self.dtype,

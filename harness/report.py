@@ -13,7 +13,7 @@ from typing import Any
 from harness import __version__
 from harness.validation import FAIL, PASS, SKIPPED, ValidationOutcome
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: criteria judged on collected evidence (held-out loss, post-clip norms, reference lrs)
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "safetensors", "huggingface_hub")
 
 
@@ -39,7 +39,8 @@ def environment(device: str, dtype: str) -> dict[str, Any]:
 
 
 def build_report(outcome: ValidationOutcome) -> dict[str, Any]:
-    run = outcome.run
+    run: Any = outcome.run
+    evidence = outcome.evidence
     counts = {status: sum(c.status == status for c in outcome.criteria) for status in (PASS, FAIL, SKIPPED)}
     model: dict[str, Any] = {"requested": outcome.config.base_model}
     if run is not None:
@@ -51,14 +52,17 @@ def build_report(outcome: ValidationOutcome) -> dict[str, Any]:
             "info": run.info.to_dict(),
         }
     training = None
-    if outcome.train is not None:
+    if evidence.training is not None:
         training = {
-            "steps": len(outcome.train.history),
-            "resumed_from": outcome.train.resumed_from,
-            "epochs_completed": outcome.train.epochs_completed,
-            "evals": outcome.train.evals,
-            "checkpoints": [str(p) for p in outcome.train.checkpoints],
+            "steps": len(evidence.training.steps),
+            "epochs_completed": evidence.training.epochs_completed,
+            "evals": evidence.facts.get("evals", []),
         }
+    measured = {
+        when: {"held_out_loss": state.held_out.mean, "reference_perplexity": state.reference_perplexity}
+        for when, state in (("before", evidence.before), ("after", evidence.after))
+        if state is not None
+    }
     return {
         "schema_version": SCHEMA_VERSION,
         "harness_version": __version__,
@@ -70,7 +74,9 @@ def build_report(outcome: ValidationOutcome) -> dict[str, Any]:
             str(run.device) if run else "unknown", str(run.dtype).replace("torch.", "") if run else "unknown"
         ),
         "model": model,
-        "facts": outcome.facts,
+        "facts": evidence.facts,
+        "measured": measured,
+        "errors": evidence.errors,
         "training": training,
         "criteria": [asdict(c) for c in outcome.criteria],
         "summary": counts | {"exit_code": outcome.exit_code, "result": "PASS" if outcome.exit_code == 0 else "FAIL"},
@@ -125,14 +131,16 @@ def markdown(report: dict[str, Any], outcome: ValidationOutcome) -> str:
             f"- training: {facts['plan']['total_steps']} steps in {facts['training_seconds']:.0f} s, "
             f"{t['tokens_per_s']:.0f} tokens/s"
         )
+    if "step_cap" in facts:
+        lines.append(f"- step cap: {facts['step_cap']}")
     lines += ["", "## Criteria", "", criteria_table(outcome), ""]
-    if "after" in facts and facts["after"].get("examples"):
+    after = outcome.evidence.after
+    if after is not None and after.answers:
         lines += ["## Generations after training (first held-out examples)", ""]
-        for example in facts["after"]["examples"]:
+        for answer in after.answers[:5]:
             lines.append(
-                f"- `{_cell(example.get('prompt_input', example.get('instruction', '')))[:80]}` → "
-                f"`{_cell(example['generated'].strip())[:80]}`"
-                + (f" (expected `{_cell(example['expected'])}`)" if "expected" in example else "")
+                f"- `{_cell(answer.prompt)[:80]}` → `{_cell(answer.generated.strip())[:80]}`"
+                f" (expected `{_cell(answer.expected)[:80]}`)"
             )
         lines.append("")
     lines += ["## Plots", "", "![loss](loss.png) ![learning rate](lr.png) ![gradient norm](grad_norm.png)", ""]
@@ -141,15 +149,17 @@ def markdown(report: dict[str, Any], outcome: ValidationOutcome) -> str:
 
 def plot(outcome: ValidationOutcome, out_dir: Path) -> list[Path]:
     """loss.png (train + eval), lr.png and grad_norm.png over optimizer steps."""
-    if outcome.train is None or not outcome.train.history:
+    training = outcome.evidence.training
+    if training is None or not training.steps:
         return []
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    history = outcome.train.history
+    history = training.steps
     steps = [r.step for r in history]
+    evals = outcome.evidence.facts.get("evals", [])
     written = []
     series = [
         ("loss.png", "loss (per target token)", [r.loss for r in history]),
@@ -159,13 +169,14 @@ def plot(outcome: ValidationOutcome, out_dir: Path) -> list[Path]:
     for name, label, values in series:
         figure, axis = plt.subplots(figsize=(6.4, 3.6), dpi=100)
         axis.plot(steps, values, label="train", linewidth=1.2)
-        if name == "loss.png" and outcome.train.evals:
-            axis.plot(
-                [e["step"] for e in outcome.train.evals],
-                [e["eval_loss"] for e in outcome.train.evals],
-                "o-",
-                label="eval",
-            )
+        if name == "loss.png":
+            if evals:
+                axis.plot([e["step"] for e in evals], [e["eval_loss"] for e in evals], "o-", label="eval")
+            before, after = outcome.evidence.before, outcome.evidence.after
+            if before is not None and after is not None:
+                axis.plot(
+                    [0, steps[-1]], [before.held_out.mean, after.held_out.mean], "s--", label="held-out (before/after)"
+                )
             axis.legend()
         axis.set_xlabel("optimizer step")
         axis.set_ylabel(label)

@@ -51,19 +51,21 @@ def warmup_steps_for(total_steps: int, warmup_ratio: float) -> int:
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str) -> float:
-    """Multiplier of the base learning rate used by optimizer step ``step`` (0-based).
+    """Multiplier of the base learning rate used by optimizer step ``step`` (0-based), in the
+    convention of transformers' schedulers (which the HF Trainer and axolotl use), so a config gives
+    the schedule those tools would give it.
 
-    Warmup: (step + 1) / warmup_steps, so the first step already learns. Then, with
+    Warmup: step / warmup_steps (the first step has lr 0). Then, with
     progress = (step - warmup_steps) / (total_steps - warmup_steps): linear 1 - progress,
     cosine 0.5 (1 + cos(pi progress)), constant 1.
     """
     if step < warmup_steps:
-        return (step + 1) / warmup_steps
+        return step / max(1, warmup_steps)
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     if kind == "linear":
         return max(0.0, 1.0 - progress)
     if kind == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
     return 1.0
 
 
@@ -102,7 +104,8 @@ class StepResult:
     loss: float
     num_targets: int
     num_tokens: int
-    grad_norm: float
+    grad_norm: float  # before clipping
+    clipped_norm: float  # after clipping: the gradient the optimizer steps with
 
 
 def training_step(
@@ -117,7 +120,8 @@ def training_step(
 ) -> StepResult:
     """One optimizer step over one or more micro batches (gradient accumulation).
 
-    Returns the token-normalized loss, the target/real token counts and the pre-clip gradient norm;
+    Returns the token-normalized loss, the target/real token counts and the gradient norm before and
+    after clipping;
     raises TrainingError if the loss or the gradient is not finite (the weights are left untouched).
 
     ``ddp`` is the DistributedDataParallel-wrapped ``LossModule`` of a data-parallel run: gradients are
@@ -144,6 +148,8 @@ def training_step(
     loss = distributed.all_reduce_sum(loss_total, world, torch.device(device)) / total_targets
     parameters = [p for p in model.parameters() if p.requires_grad]
     grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm))
+    grads = [p.grad for p in parameters if p.grad is not None]
+    clipped_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
     if not math.isfinite(loss) or not math.isfinite(grad_norm):
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
@@ -152,7 +158,7 @@ def training_step(
     if optimizer is not None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss, int(total_targets), sum(b.num_tokens for b in batches), grad_norm)
+    return StepResult(loss, int(total_targets), sum(b.num_tokens for b in batches), grad_norm, clipped_norm)
 
 
 class LossModule(torch.nn.Module):
@@ -225,6 +231,7 @@ class StepRecord:
     loss: float
     lr: float
     grad_norm: float
+    clipped_norm: float
     tokens: int
     target_tokens: int
     seconds: float
@@ -446,6 +453,7 @@ class Trainer:
                 outcome.loss,
                 lr,
                 outcome.grad_norm,
+                outcome.clipped_norm,
                 outcome.num_tokens,
                 outcome.num_targets,
                 seconds,

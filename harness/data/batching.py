@@ -137,14 +137,16 @@ def epoch_batches(
     is dropped, so all ranks take the same number of steps."""
     rng = random.Random(seed * 100_003 + epoch)
     global_size = batch_size * world_size
+    # Packed rows are built once, in data order, and shuffled as rows: every epoch then has the same
+    # rows and so the same number of steps (packing a reshuffled order would change the count).
+    units: list[Any] = pack_examples(examples, max_length) if packing else examples
     if group_by_length and not packing:
         order = length_grouped_order([len(e.input_ids) for e in examples], global_size, rng)
     else:
-        order = list(range(len(examples)))
+        order = list(range(len(units)))
         if shuffle:
             rng.shuffle(order)
-    ordered = [examples[i] for i in order]
-    items: list[Any] = pack_examples(ordered, max_length) if packing else ordered
+    items = [units[i] for i in order]
     collate = collate_packed if packing else pad_batch
     batches = []
     for start in range(0, len(items), global_size):
@@ -154,3 +156,9 @@ def epoch_batches(
         share = chunk[rank::world_size] if world_size > 1 else chunk
         batches.append(collate(share, pad_id, pad_to_multiple_of))
     return batches
+
+
+def packed_prefix(examples: list[Example], max_length: int, rows: int) -> int:
+    """How many leading examples fill the first ``rows`` packed rows (packing is in data order)."""
+    packed = pack_examples(examples, max_length)
+    return sum(sum(1 for position in row.position_ids if position == 0) for row in packed[:rows])

@@ -59,29 +59,50 @@ def _segments_for_record(record: Record, tokenizer: Any) -> list[tuple[list[int]
     """(token ids, is_target) pieces in order."""
     if record.messages:
         return _conversation_segments(record.messages, tokenizer)
-    prompt_ids = tokenizer(alpaca_prompt(record), add_special_tokens=True)["input_ids"]
     response_ids = tokenizer(record.output, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return [(prompt_ids, False), (response_ids, True)]
+    return [(prompt_ids(record, tokenizer), False), (response_ids, True)]
+
+
+def _last_assistant(messages: list[dict[str, str]]) -> int:
+    return max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
+
+
+def prompt_ids(record: Record, tokenizer: Any) -> list[int]:
+    """The tokens a model is prompted with to produce ``reference_answer(record)``, exactly as training
+    formats them: the alpaca template, or a conversation up to its last assistant turn through the
+    tokenizer's chat template with the generation prompt."""
+    if record.messages:
+        return _render_chat(tokenizer, record.messages[: _last_assistant(record.messages)], True)
+    return list(tokenizer(alpaca_prompt(record), add_special_tokens=True)["input_ids"])
+
+
+def reference_answer(record: Record) -> str:
+    """The answer a held-out record expects: its output, or its last assistant turn."""
+    if record.messages:
+        index = _last_assistant(record.messages)
+        return record.messages[index]["content"] if index < len(record.messages) else ""
+    return record.output
+
+
+def _render_chat(tokenizer: Any, turns: list[dict[str, str]], generation_prompt: bool) -> list[int]:
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError("dataset.type: conversation data needs a tokenizer with a chat template")
+    ids = tokenizer.apply_chat_template(turns, tokenize=True, add_generation_prompt=generation_prompt)
+    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
 
 def _conversation_segments(messages: list[dict[str, str]], tokenizer: Any) -> list[tuple[list[int], bool]]:
     """Render prefixes through the chat template; each assistant turn's new tokens are targets."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise DataError("dataset.type: conversation data needs a tokenizer with a chat template")
-
-    def render(turns: list[dict[str, str]], generation_prompt: bool) -> list[int]:
-        ids = tokenizer.apply_chat_template(turns, tokenize=True, add_generation_prompt=generation_prompt)
-        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
     segments: list[tuple[list[int], bool]] = []
     done: list[int] = []
     for index, message in enumerate(messages):
         if message["role"] == "assistant":
-            before = render(messages[:index], True) if index else []
+            before = _render_chat(tokenizer, messages[:index], True) if index else []
             if before[: len(done)] == done and len(before) > len(done):
                 segments.append((before[len(done) :], False))
                 done = before
-        full = render(messages[: index + 1], False)
+        full = _render_chat(tokenizer, messages[: index + 1], False)
         if full[: len(done)] != done:
             raise DataError("dataset.type: the chat template does not render conversations incrementally")
         segments.append((full[len(done) :], message["role"] == "assistant"))

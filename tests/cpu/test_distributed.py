@@ -111,13 +111,16 @@ def test_validate_under_torchrun_trains_on_both_ranks_and_reports_once(tmp_path,
             "validation.min_steps=8",
             "--set",
             "validation.eval_examples=4",
+            "--set",
+            "training.epochs=2",
         ),
         ROOT,
     )
     assert done.stdout.count("validating ") == 1 and "on 2 ranks" in done.stdout, done.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     status = {c["id"]: c["status"] for c in report["criteria"]}
-    # The random tiny model cannot pass the generation criterion; the distributed mechanics must.
+    # Generation and forgetting mean nothing for a random-init model; the distributed mechanics must pass.
+    assert status["generation"] == status["forgetting_guard"] == "SKIPPED"
     for criterion in (
         "training_step",
         "lr_schedule",

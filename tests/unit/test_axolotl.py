@@ -21,7 +21,7 @@ def test_smollm2_lora_file_maps_every_key():
     assert (config.dataset.path, config.dataset.type, config.dataset.max_length) == ("builtin:tasks", "alpaca", 128)
     assert config.dataset.train_split == pytest.approx(0.9) and config.dataset.train_on_inputs is False
     t = config.training
-    assert (t.batch_size, t.gradient_accumulation_steps, t.epochs, t.learning_rate) == (4, 1, 1, 1e-3)
+    assert (t.batch_size, t.gradient_accumulation_steps, t.epochs, t.learning_rate) == (4, 1, 2, 1e-3)
     assert (t.lr_scheduler, t.warmup_ratio, t.packing, t.gradient_checkpointing) == ("linear", 0.05, False, False)
     assert (t.logging_steps, t.save_steps, t.eval_steps) == (10, 60, 20)
     assert Path(config.output_dir).is_absolute()

@@ -51,13 +51,30 @@ def lora_weights(model):
 @pytest.mark.parametrize(
     ("kind", "expected"),
     [
-        ("linear", [0.25, 0.5, 0.75, 1.0, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6]),
-        ("cosine", [0.25, 0.5, 0.75, 1.0] + [0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)]),
-        ("constant", [0.25, 0.5, 0.75, 1.0] + [1.0] * 6),
+        # transformers' convention: warmup step / warmup_steps, so the first step has lr 0.
+        ("linear", [0.0, 0.25, 0.5, 0.75, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6]),
+        ("cosine", [0.0, 0.25, 0.5, 0.75] + [0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)]),
+        ("constant", [0.0, 0.25, 0.5, 0.75] + [1.0] * 6),
     ],
 )
-def test_schedule_matches_its_formula(kind, expected):
+def test_schedule_matches_a_literal_table(kind, expected):
     assert [lr_factor(s, 10, 4, kind) for s in range(10)] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", "constant"])
+@pytest.mark.parametrize(("total", "warmup"), [(10, 0), (10, 4), (113, 6), (7, 7)])
+def test_schedule_equals_transformers_get_scheduler(kind, total, warmup):
+    from transformers import get_scheduler
+
+    name = {"constant": "constant_with_warmup"}.get(kind, kind)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    theirs = []
+    for _ in range(total):
+        theirs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert [lr_factor(s, total, warmup, kind) for s in range(total)] == pytest.approx(theirs, abs=1e-12)
 
 
 def test_trainer_lr_follows_the_schedule_at_every_step(tmp_path):
@@ -65,8 +82,20 @@ def test_trainer_lr_follows_the_schedule_at_every_step(tmp_path):
     trainer = run.trainer()
     result = trainer.train()
     assert trainer.warmup_steps == 2
-    for record in result.history:
-        assert record.lr == pytest.approx(3e-3 * lr_factor(record.step - 1, 8, 2, "cosine"))
+    # warmup 2 of 8 steps, then cosine over 6: the literal values, not the harness's formula.
+    expected = [0.0, 0.5] + [0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)]
+    assert [record.lr for record in result.history] == pytest.approx([3e-3 * f for f in expected])
+
+
+def test_clipping_is_applied_and_reported_after_clipping(tmp_path):
+    run = built(tiny_config(tmp_path))
+    batch = pad_batch(run.data.train[:4], pad_id=2)
+    optimizer = build_optimizer(run.model, 1e-3, 0.0, torch.device("cpu"))
+    result = training_step(run.model, batch, optimizer, max_grad_norm=1e-3)
+    assert result.grad_norm > 1e-3
+    assert result.clipped_norm == pytest.approx(1e-3, rel=1e-3)
+    free = training_step(run.model, batch, optimizer)
+    assert free.clipped_norm == pytest.approx(free.grad_norm, rel=1e-6)
 
 
 def test_training_step_reports_finite_loss_tokens_and_grad_norm(tmp_path):

@@ -1,0 +1,438 @@
+"""Every success criterion judged on synthetic evidence: one that must PASS and one that must FAIL.
+
+The evidence below is what a healthy run measures; each FAIL test breaks the one thing its check
+exists to catch. References are independent of the harness: literal learning-rate tables in
+transformers' convention, ln(vocab), the wrapped layers' own shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from harness.config import ValidationSection
+from harness.validation.checks import (
+    CHECKS,
+    FAIL,
+    PASS,
+    SKIPPED,
+    is_coherent,
+    judge,
+    judge_one,
+    reference_learning_rates,
+)
+from harness.validation.evidence import (
+    AdapterEvidence,
+    Answer,
+    Evidence,
+    ForwardEvidence,
+    HeldOutLoss,
+    LoadEvidence,
+    LoraLayer,
+    ModelState,
+    ReloadEvidence,
+    SavedEvidence,
+    StepEvidence,
+    TokenizerEvidence,
+    TrainingEvidence,
+    paired_drop,
+)
+
+pytestmark = pytest.mark.unit
+
+T = ValidationSection()
+VOCAB = 49152
+STEPS = 100
+WARMUP = 5
+PEAK = 1e-3
+
+
+def linear_lr(step: int) -> float:
+    """transformers' linear schedule with warmup, written out (step is 1-based)."""
+    k = step - 1
+    return PEAK * (k / WARMUP if k < WARMUP else max(0.0, (STEPS - k) / (STEPS - WARMUP)))
+
+
+def steps(n: int = STEPS, per_epoch: int = 50, targets: int = 30) -> list[StepEvidence]:
+    out = []
+    for i in range(1, n + 1):
+        norm = 2.0 if i % 2 else 0.5
+        out.append(
+            StepEvidence(i, (i - 1) // per_epoch, 1.2 - i / 200, linear_lr(i), norm, min(norm, 1.0), 400, targets, 0.1)
+        )
+    return out
+
+
+def layers(count: int = 4) -> list[LoraLayer]:
+    return [
+        LoraLayer(f"base_model.model.model.layers.{i}.self_attn.q_proj", (8, 64), (64, 8), 64, 64, 64, 64)
+        for i in range(count)
+    ]
+
+
+def held_out(scale: float) -> HeldOutLoss:
+    return HeldOutLoss([scale * (10 + i % 3) for i in range(20)], [10] * 20)
+
+
+def answers(correct: int, n: int = 10, text: str = "24, 54, 74, 86") -> list[Answer]:
+    return [Answer("74, 54, 24, 86", "24, 54, 74, 86", text, True, i < correct, "sort_numbers") for i in range(n)]
+
+
+def good() -> Evidence:
+    adapter_layers = layers()
+    names = [f"{layer.name}.lora_{ab}.weight" for layer in adapter_layers for ab in "AB"]
+    config = {
+        "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": 8,
+        "lora_alpha": 16,
+        "target_modules": ["q_proj"],
+    }
+    return Evidence(
+        adapter_kind="lora",
+        data_kind="tasks",
+        load=LoadEvidence(
+            "HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-135M-Instruct", "hf_home", "/snap", False, 1.0
+        ),
+        tokenizer=TokenizerEvidence("Hello — world", 4, "Hello — world"),
+        forward=ForwardEvidence((1, 5, VOCAB), (1, 5, VOCAB), True),
+        adapter=AdapterEvidence("lora", 8, ["q_proj"], 4, adapter_layers, "lora: 4 layers"),
+        before=ModelState(held_out(1.0), answers(0), 16.0),
+        training=TrainingEvidence(steps(), STEPS, WARMUP, 50, 2, 2, "linear", PEAK, 1.0, VOCAB, 50 * 30, 10.0),
+        saved=SavedEvidence("/ckpt", "adapter_model.safetensors", True, names, 1000),
+        reload=ReloadEvidence(0.0, 0.5, config, dict(config), None),
+        after=ModelState(held_out(0.5), answers(9), 18.0),
+    )
+
+
+def status(evidence: Evidence, check_id: str, thresholds: ValidationSection = T) -> str:
+    spec = next(s for s in CHECKS if s.id == check_id)
+    criterion = judge_one(spec, evidence, thresholds)
+    print(criterion)
+    return criterion.status
+
+
+def replace(evidence: Evidence, path: str, **changes) -> Evidence:
+    """A copy of ``evidence`` with ``changes`` applied to the piece at ``path`` (e.g. 'training')."""
+    copy = dataclasses.replace(evidence)
+    setattr(copy, path, dataclasses.replace(getattr(evidence, path), **changes))
+    return copy
+
+
+def test_registry_has_the_fifteen_criteria_in_the_documents_order():
+    assert [s.id for s in CHECKS] == [
+        "model_loads",
+        "tokenizer_roundtrip",
+        "forward_logits",
+        "adapter_dimensions",
+        "training_step",
+        "first_loss",
+        "checkpoint_saves",
+        "checkpoint_loads",
+        "loss_decreases",
+        "gradient_norms",
+        "lr_schedule",
+        "epochs_complete",
+        "adapter_config",
+        "generation",
+        "forgetting_guard",
+    ]
+
+
+def test_healthy_evidence_passes_every_criterion():
+    criteria = judge(good(), T)
+    assert {c.id: c.status for c in criteria} == {s.id: PASS for s in CHECKS}, criteria
+    assert all(c.measured and c.threshold for c in criteria)
+
+
+BROKEN = {
+    "model_loads": lambda e: replace(e, "load", missing_keys=["model.layers.0.mlp.up_proj.weight"]),
+    "tokenizer_roundtrip": lambda e: replace(e, "tokenizer", decoded="Hello ? world"),
+    "forward_logits": lambda e: replace(e, "forward", finite=False),
+    "adapter_dimensions": lambda e: replace(
+        e, "adapter", layers=e.adapter.layers[:3] + [dataclasses.replace(e.adapter.layers[3], b_shape=(32, 8))]
+    ),
+    "training_step": lambda e: replace(
+        e, "training", steps=[dataclasses.replace(s, grad_norm=0.0) for s in e.training.steps]
+    ),
+    "first_loss": lambda e: replace(
+        e, "training", steps=[dataclasses.replace(e.training.steps[0], loss=math.log(VOCAB))] + e.training.steps[1:]
+    ),
+    "checkpoint_saves": lambda e: replace(e, "saved", tensor_names=e.saved.tensor_names[:-1]),
+    "checkpoint_loads": lambda e: replace(e, "reload", max_logit_diff=0.1),
+    "loss_decreases": lambda e: replace(e, "after", held_out=held_out(1.0)),
+    "gradient_norms": lambda e: replace(
+        e, "training", steps=[dataclasses.replace(s, clipped_norm=s.grad_norm) for s in e.training.steps]
+    ),
+    "lr_schedule": lambda e: replace(
+        e,
+        "training",
+        steps=[
+            dataclasses.replace(s, lr=PEAK * (s.step / WARMUP if s.step <= WARMUP else 1)) for s in e.training.steps
+        ],
+    ),
+    "epochs_complete": lambda e: replace(
+        e, "training", steps=e.training.steps[:-1] + [dataclasses.replace(e.training.steps[-1], epoch=2)]
+    ),
+    "adapter_config": lambda e: replace(e, "reload", adapter_config=e.reload.adapter_config | {"r": 16}),
+    "generation": lambda e: replace(e, "after", answers=answers(4)),
+    "forgetting_guard": lambda e: replace(e, "after", reference_perplexity=25.0),
+}
+
+
+@pytest.mark.parametrize("check_id", list(BROKEN))
+def test_each_criterion_fails_on_the_fault_it_exists_to_catch(check_id):
+    broken = BROKEN[check_id](good())
+    assert status(broken, check_id) == FAIL
+    others = {c.id: c.status for c in judge(broken, T) if c.id != check_id}
+    assert FAIL not in others.values() or check_id in ("first_loss", "training_step", "loss_decreases"), others
+
+
+# ---------------------------------------------------------------- the checks one by one
+
+
+def test_model_loads_fails_on_unexpected_and_mismatched_keys_too():
+    assert status(replace(good(), "load", unexpected_keys=["lm_head.bias"]), "model_loads") == FAIL
+    assert status(replace(good(), "load", mismatched_keys=["model.embed_tokens.weight"]), "model_loads") == FAIL
+
+
+def test_model_loads_names_the_random_init_stand_in():
+    spec = CHECKS[0]
+    criterion = judge_one(spec, replace(good(), "load", random_init=True), T)
+    assert criterion.status == PASS and "random init stand-in" in criterion.measured
+
+
+def test_tokenizer_with_no_tokens_fails():
+    assert status(replace(good(), "tokenizer", num_tokens=0, decoded="Hello — world"), "tokenizer_roundtrip") == FAIL
+
+
+def test_forward_with_the_wrong_vocab_fails():
+    assert status(replace(good(), "forward", shape=(1, 5, 32000)), "forward_logits") == FAIL
+
+
+def test_adapter_dimensions_fail_when_model_info_mispredicts_the_layer():
+    wrong = layers(3) + [LoraLayer("x.q_proj", (8, 64), (64, 8), 64, 64, 64, 128)]
+    assert status(replace(good(), "adapter", layers=wrong), "adapter_dimensions") == FAIL
+
+
+def test_adapter_dimensions_fail_when_a_layer_is_missing():
+    assert status(replace(good(), "adapter", layers=layers(3)), "adapter_dimensions") == FAIL
+
+
+def test_adapter_checks_skip_for_a_full_fine_tune():
+    full = replace(good(), "adapter", kind="none", layers=[])
+    full.adapter_kind = "none"
+    assert status(full, "adapter_dimensions") == SKIPPED
+    assert status(full, "adapter_config") == SKIPPED
+
+
+def test_training_step_with_a_nonfinite_loss_fails():
+    e = good()
+    e = replace(e, "training", steps=[dataclasses.replace(e.training.steps[0], loss=math.nan)] + e.training.steps[1:])
+    assert status(e, "training_step") == FAIL
+
+
+@pytest.mark.parametrize(("loss", "expected"), [(0.5, PASS), (0.6 * math.log(VOCAB) + 0.01, FAIL), (math.inf, FAIL)])
+def test_first_loss_of_a_pretrained_model_must_be_well_below_ln_vocab(loss, expected):
+    e = good()
+    e = replace(e, "training", steps=[dataclasses.replace(e.training.steps[0], loss=loss)] + e.training.steps[1:])
+    assert status(e, "first_loss") == expected
+
+
+@pytest.mark.parametrize(("loss", "expected"), [(10.4, PASS), (math.log(32000), PASS), (5.0, FAIL), (12.0, FAIL)])
+def test_first_loss_of_a_random_init_model_must_be_near_ln_vocab(loss, expected):
+    e = good()
+    e = replace(e, "load", random_init=True)
+    e = replace(
+        e,
+        "training",
+        vocab_size=32000,
+        steps=[dataclasses.replace(e.training.steps[0], loss=loss)] + e.training.steps[1:],
+    )
+    assert status(e, "first_loss") == expected
+
+
+def test_checkpoint_saves_fails_on_an_unreadable_file():
+    assert status(replace(good(), "saved", readable=False), "checkpoint_saves") == FAIL
+
+
+@pytest.mark.parametrize(
+    ("diff", "kind", "expected"),
+    [(9e-5, "lora", PASS), (2e-4, "lora", FAIL), (9e-4, "qlora", PASS), (2e-3, "qlora", FAIL)],
+)
+def test_reload_tolerance_depends_on_the_adapter(diff, kind, expected):
+    e = replace(good(), "reload", max_logit_diff=diff)
+    e.adapter_kind = kind
+    assert status(e, "checkpoint_loads") == expected
+
+
+def test_loss_decreases_needs_a_drop_beyond_noise():
+    # The mean falls by 10%, but half the examples got worse: not a real improvement.
+    before = HeldOutLoss([10.0] * 20, [10] * 20)
+    after = HeldOutLoss([5.0, 14.0] * 10, [10] * 20)
+    relative, z = paired_drop(before, after)
+    assert relative == pytest.approx(0.05) and z < 3
+    e = replace(replace(good(), "before", held_out=before), "after", held_out=after)
+    assert status(e, "loss_decreases", dataclasses.replace(T, loss_decrease_ratio=0.99)) == FAIL
+
+
+def test_loss_decreases_from_random_init_asks_a_significant_drop_not_a_ratio():
+    small = replace(replace(good(), "load", random_init=True), "after", held_out=held_out(0.99))
+    assert status(small, "loss_decreases") == PASS
+    assert status(replace(small, "after", held_out=held_out(1.0)), "loss_decreases") == FAIL
+    assert (
+        status(replace(replace(good(), "load", random_init=False), "after", held_out=held_out(0.99)), "loss_decreases")
+        == FAIL
+    )
+
+
+def test_loss_decreases_needs_the_minimum_number_of_steps():
+    assert status(replace(good(), "training", steps=steps(99)), "loss_decreases") == FAIL
+
+
+def test_paired_drop_of_an_unchanged_model_is_zero():
+    assert paired_drop(held_out(1.0), held_out(1.0)) == (0.0, 0.0)
+
+
+def test_gradient_norms_fail_when_they_explode_or_vanish():
+    e = good()
+    exploding = [dataclasses.replace(s, grad_norm=500.0, clipped_norm=1.0) for s in e.training.steps]
+    assert status(replace(e, "training", steps=exploding), "gradient_norms") == FAIL
+    vanishing = [dataclasses.replace(s, grad_norm=0.0, clipped_norm=0.0) for s in e.training.steps]
+    assert status(replace(e, "training", steps=vanishing), "gradient_norms") == FAIL
+    nan = [dataclasses.replace(s, grad_norm=math.nan) for s in e.training.steps]
+    assert status(replace(e, "training", steps=nan), "gradient_norms") == FAIL
+
+
+def test_gradient_norms_fail_when_an_unclipped_norm_was_changed():
+    e = good()
+    scaled = [dataclasses.replace(s, clipped_norm=s.clipped_norm / 2) for s in e.training.steps]
+    assert status(replace(e, "training", steps=scaled), "gradient_norms") == FAIL
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("linear", [0.0, 0.25, 0.5, 0.75, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6]),
+        ("cosine", [0.0, 0.25, 0.5, 0.75] + [0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)]),
+        ("constant", [0.0, 0.25, 0.5, 0.75] + [1.0] * 6),
+    ],
+)
+def test_reference_learning_rates_are_transformers_schedules(kind, expected):
+    assert reference_learning_rates(10, 4, kind, 1.0) == pytest.approx(expected)
+
+
+def test_lr_schedule_fails_on_the_old_warmup_convention():
+    # (step + 1) / warmup: the first step already learns; transformers starts at 0.
+    old = [
+        dataclasses.replace(s, lr=PEAK * min(1.0, s.step / WARMUP)) if s.step <= WARMUP else s
+        for s in good().training.steps
+    ]
+    assert status(replace(good(), "training", steps=old), "lr_schedule") == FAIL
+
+
+def test_lr_schedule_fails_with_no_steps():
+    assert status(replace(good(), "training", steps=[]), "lr_schedule") == FAIL
+
+
+def test_epochs_complete_fails_when_an_epoch_drops_examples():
+    e = good()
+    short = [dataclasses.replace(s, target_tokens=29) if s.step == 3 else s for s in e.training.steps]
+    assert status(replace(e, "training", steps=short), "epochs_complete") == FAIL
+
+
+def test_epochs_complete_fails_when_epochs_have_different_step_counts():
+    e = good()
+    uneven = [dataclasses.replace(s, epoch=0 if s.step <= 51 else 1) for s in e.training.steps]
+    assert status(replace(e, "training", steps=uneven), "epochs_complete") == FAIL
+
+
+def test_epochs_complete_skips_a_single_epoch_run_with_the_reason():
+    e = replace(good(), "training", epochs_planned=1, epochs_completed=1, steps_per_epoch=100)
+    spec = next(s for s in CHECKS if s.id == "epochs_complete")
+    criterion = judge_one(spec, e, T)
+    assert criterion.status == SKIPPED and "training.epochs >= 2" in criterion.detail
+
+
+def test_adapter_config_fails_when_peft_cannot_parse_it_or_a_key_is_missing():
+    e = good()
+    assert status(replace(e, "reload", peft_parse_error="TypeError: bad"), "adapter_config") == FAIL
+    config = dict(e.reload.adapter_config)
+    del config["task_type"]
+    assert status(replace(e, "reload", adapter_config=config), "adapter_config") == FAIL
+    other = e.reload.adapter_config | {"target_modules": ["q_proj", "v_proj"]}
+    assert status(replace(e, "reload", adapter_config=other), "adapter_config") == FAIL
+
+
+def test_adapter_config_accepts_a_reordered_target_list_and_integral_alpha():
+    e = good()
+    config = e.reload.adapter_config | {"lora_alpha": 16, "target_modules": ["q_proj"]}
+    assert (
+        status(
+            replace(e, "reload", adapter_config=config, expected_adapter_config=config | {"lora_alpha": 16.0}),
+            "adapter_config",
+        )
+        == PASS
+    )
+
+
+def free_text(before_loss: float, after_loss: float, text: str) -> Evidence:
+    e = good()
+    e.data_kind = "free_text"
+    replies = [Answer("Give three tips.", "Eat well.", text, True) for _ in range(10)]
+    e = replace(e, "before", held_out=held_out(before_loss), answers=replies)
+    return replace(e, "after", held_out=held_out(after_loss), answers=replies)
+
+
+def test_free_text_generation_needs_coherent_answers_and_a_gain():
+    assert status(free_text(1.0, 0.9, "Eat vegetables, sleep well and move every day."), "generation") == PASS
+    assert status(free_text(1.0, 1.0, "Eat vegetables, sleep well and move every day."), "generation") == FAIL
+    assert status(free_text(1.0, 0.9, "the the the"), "generation") == FAIL
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Paris.", True),
+        ("24, 54, 74, 86", True),
+        ("The capital of France is Paris.", True),
+        ("", False),
+        ("   ", False),
+        ("the the the", False),
+        ("yes yes", True),
+        ("!!!!!!!!", False),
+        ("a b a b a b a b a b", False),
+        ("\x00\x01\x02 word", False),
+    ],
+)
+def test_is_coherent(text, expected):
+    assert is_coherent(text) is expected
+
+
+@pytest.mark.parametrize("check_id", ["generation", "forgetting_guard"])
+def test_random_init_skips_meaningless_criteria_with_the_reason(check_id):
+    e = replace(good(), "load", random_init=True)
+    spec = next(s for s in CHECKS if s.id == check_id)
+    criterion = judge_one(spec, e, T)
+    assert criterion.status == SKIPPED and criterion.detail.startswith("random init")
+
+
+def test_a_failed_stage_fails_the_criteria_it_owns_and_skips_the_rest():
+    e = good()
+    e.training = None
+    e.errors["training"] = "step 3: loss is nan; stopped"
+    got = {c.id: c for c in judge(e, T)}
+    assert got["training_step"].status == FAIL and "loss is nan" in got["training_step"].measured
+    assert got["first_loss"].status == FAIL
+    assert got["lr_schedule"].status == SKIPPED and got["lr_schedule"].detail == "needs training, which failed"
+
+
+def test_absent_evidence_skips_with_the_collectors_reason():
+    e = good()
+    e.after = None
+    e.absent["after"] = "measured on rank 0"
+    got = {c.id: c for c in judge(e, T)}
+    assert got["forgetting_guard"].status == SKIPPED and got["forgetting_guard"].detail == "measured on rank 0"
