@@ -358,7 +358,7 @@ def default_config_dict() -> dict[str, Any]:
         "dataset": {
             "path": BUILTIN_TASKS,
             "type": "alpaca",
-            "max_length": 256,  # a cap: batches pad to their longest row (about 80 tokens here)
+            "max_length": 512,  # a cap: batches pad to their longest row (about 80 SmolLM2 tokens here)
             "train_split": 0.8,
             "num_examples": 190,
             "task_families": ["sort_numbers", "reverse_words"],
