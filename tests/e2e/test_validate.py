@@ -240,3 +240,27 @@ def test_conversation_data_is_prompted_through_the_chat_template_and_judged_as_f
     assert "### Instruction" not in prompt and prompt.rstrip().endswith("assistant")
     assert got["generation"].status == PASS and "coherent answers" in got["generation"].measured
     assert outcome.exit_code == 0, [c for c in outcome.criteria if c.status == FAIL]
+
+
+def test_axolotl_tinyllama_packing_config_gives_equal_epochs_with_the_tiny_stand_in(tmp_path, alpaca_1k):
+    """axolotl's TinyLlama QLoRA file (sample_packing, cosine, warmup_steps) on the pad-less stand-in."""
+    done = harness_cli(
+        "validate",
+        "configs/axolotl/tinyllama_qlora.yml",
+        "--max-steps",
+        "100",
+        "--set",
+        "base_model=harness/tiny-random-llama",
+        "--out",
+        str(tmp_path),
+    )
+    print(done.stdout[-3000:])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["config"]["training"]["packing"] is True
+    got = {c["id"]: c for c in report["criteria"]}
+    assert (
+        got["epochs_complete"]["status"] == PASS
+        and "steps per epoch [34, 34, 34]" in got["epochs_complete"]["measured"]
+    )
+    assert got["lr_schedule"]["status"] == PASS and "cosine, 10 warmup steps" in got["lr_schedule"]["measured"]
