@@ -175,7 +175,7 @@ def plot(outcome: ValidationOutcome, out_dir: Path) -> list[Path]:
             before, after = outcome.evidence.before, outcome.evidence.after
             if before is not None and after is not None:
                 axis.plot(
-                    [0, steps[-1]], [before.held_out.mean, after.held_out.mean], "s--", label="held-out (before/after)"
+                    [0, steps[-1]], [before.held_out.mean, after.held_out.mean], "s", label="held-out (before, after)"
                 )
             axis.legend()
         axis.set_xlabel("optimizer step")
