@@ -278,8 +278,26 @@ def load_weights_into(model: Any, checkpoint_dir: str | Path, *, expected_base: 
             raise CheckpointError(
                 f"{adapter}: {len(unexpected)} tensors do not belong to this model, e.g. {unexpected[0]}"
             )
+        # The base weights are not in an adapter file; every LoRA weight must be.
+        missing = [key for key in getattr(result, "missing_keys", []) if "lora_" in key]
+        if missing:
+            raise CheckpointError(
+                f"{adapter}: {len(missing)} LoRA tensors of this model are missing, e.g. {missing[0]}"
+            )
         return
     full = checkpoint_dir / "model.safetensors"
     if not full.is_file():
         raise CheckpointError(f"{checkpoint_dir}: no adapter_model.safetensors or model.safetensors")
-    model.load_state_dict(load_file(str(full)), strict=False)
+    state = load_file(str(full))
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc)[:200])
+        raise CheckpointError(f"{full}: does not fit this model ({detail[:200]})") from None
+    # Strict, except for weights tied to a loaded one (save_pretrained writes a tied LM head once).
+    own = model.state_dict()
+    loaded = {own[key].data_ptr() for key in state if key in own}
+    missing = [key for key in result.missing_keys if own[key].data_ptr() not in loaded]
+    if missing or result.unexpected_keys:
+        what = f"missing {missing[0]}" if missing else f"unexpected {result.unexpected_keys[0]}"
+        raise CheckpointError(f"{full}: does not match this model ({what})")

@@ -9,6 +9,7 @@ the full [tokens x vocab] logits are never held at once.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import random
@@ -254,6 +255,15 @@ class TrainResult:
     skipped: list[dict[str, Any]] = field(default_factory=list)
 
 
+def data_fingerprint(examples: list[Example]) -> str:
+    """A short hash of the tokenized examples (ids and labels, in order): a checkpoint remembers what
+    it was trained on, so a resume on other data is refused."""
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(json.dumps([example.input_ids, example.labels]).encode())
+    return digest.hexdigest()[:16]
+
+
 class Trainer:
     """Runs ``config.training`` over prepared data, writing metrics and checkpoints to ``output_dir``."""
 
@@ -276,6 +286,8 @@ class Trainer:
         self.pad_id, self.device, self.output_dir = pad_id, device, Path(output_dir)
         self.on_step = on_step
         self.stop_signal = 0
+        self.data_fingerprint = data_fingerprint(train)
+        self.skipped: list[dict[str, Any]] = []  # non-finite steps skipped so far (the skip_nonfinite budget)
         self.world = distributed.current()
         distributed.check_same_config(config.to_dict(), self.world)
         self.accumulation = self.training.gradient_accumulation_steps
@@ -345,13 +357,24 @@ class Trainer:
             self.optimizer.state_dict(),
             self.scheduler.state_dict(),
             _rng_state(),
-            {"total_steps": self.total_steps, "seed": self.config.seed, "world_size": self.world.size},
+            self._plan_identity() | {"skipped": self.skipped},
         )
         directory = self.output_dir / f"{CHECKPOINT_PREFIX}{step:06d}"
         if self.world.is_main:
             save_checkpoint(self.model, directory, state)
         distributed.barrier(self.world)
         return directory
+
+    def _plan_identity(self) -> dict[str, Any]:
+        """What a resumed run must share with the run that wrote the checkpoint, or it would not
+        continue it: the same schedule length, seed (data order, dropout), number of ranks (the
+        global batch) and the same tokenized training set."""
+        return {
+            "total_steps": self.total_steps,
+            "seed": self.config.seed,
+            "world_size": self.world.size,
+            "data_fingerprint": self.data_fingerprint,
+        }
 
     def _restore(self, checkpoint_dir: Path) -> TrainingState:
         state = load_training_state(checkpoint_dir)
@@ -360,10 +383,18 @@ class Trainer:
                 f"{checkpoint_dir}: planned for {state.extra.get('total_steps')} steps, this run "
                 f"plans {self.total_steps}; resume with the same config"
             )
+        for key, ours in self._plan_identity().items():
+            theirs = state.extra.get(key)
+            if theirs != ours:
+                raise CheckpointError(
+                    f"{checkpoint_dir}: written with {key} {theirs}, this run has {ours}; "
+                    "resume with the same config, data and number of ranks"
+                )
         load_weights_into(self.model, checkpoint_dir, expected_base=self.base_model_id)
         self.optimizer.load_state_dict(state.optimizer)
         self.scheduler.load_state_dict(state.scheduler)
         _set_rng_state(state.rng)
+        self.skipped = list(state.extra.get("skipped", []))
         return state
 
     # -- the loop
@@ -394,6 +425,7 @@ class Trainer:
             self.epochs_planned,
             epoch,
             resumed_from=step,
+            skipped=self.skipped,
         )
         self.model.train()
         progress = _progress(self.total_steps, step, enabled=self.world.is_main)

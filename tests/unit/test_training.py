@@ -200,6 +200,64 @@ def test_resume_rejects_a_checkpoint_of_another_plan(tmp_path):
         other.trainer(output_dir=str(tmp_path / "other")).train(resume_from=checkpoint)
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("seed=7", "written with seed 42, this run has 7"),
+        ("dataset.num_examples=90", "written with data_fingerprint"),
+    ],
+)
+def test_resume_refuses_another_seed_or_dataset(tmp_path, change, message):
+    checkpoint = built(tiny_config(tmp_path)).trainer().train().checkpoints[0]
+    other = built(tiny_config(tmp_path, change))
+    with pytest.raises(CheckpointError, match=message):
+        other.trainer(output_dir=str(tmp_path / "other")).train(resume_from=checkpoint)
+
+
+def test_resume_refuses_another_number_of_ranks(tmp_path):
+    import dataclasses
+
+    checkpoint = built(tiny_config(tmp_path)).trainer().train().checkpoints[0]
+    trainer = built(tiny_config(tmp_path)).trainer(output_dir=str(tmp_path / "other"))
+    trainer.world = dataclasses.replace(trainer.world, size=2)
+    with pytest.raises(CheckpointError, match="written with world_size 1, this run has 2"):
+        trainer.train(resume_from=checkpoint)
+
+
+def test_resume_keeps_the_skip_nonfinite_budget(tmp_path):
+    first = built(tiny_config(tmp_path)).trainer()
+    first.skipped.append({"step": 2, "error": "loss is nan"})
+    checkpoint = first.train().checkpoints[0]
+    resumed = built(tiny_config(tmp_path)).trainer(output_dir=str(tmp_path / "other")).train(resume_from=checkpoint)
+    assert resumed.skipped == [{"step": 2, "error": "loss is nan"}]
+
+
+def test_loading_an_adapter_with_missing_lora_tensors_fails(tmp_path):
+    from harness.checkpoint import load_weights_into
+
+    checkpoint = built(tiny_config(tmp_path, "lora.target_modules=[q_proj]")).trainer().train().checkpoints[0]
+    wider = built(tiny_config(tmp_path, "lora.target_modules=[q_proj, v_proj]"))
+    with pytest.raises(CheckpointError, match=r"LoRA tensors of this model are missing, e\.g\. .*v_proj"):
+        load_weights_into(wider.model, checkpoint)
+
+
+def test_full_fine_tune_checkpoints_load_strictly(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from harness.checkpoint import load_weights_into, write_manifest
+
+    run = built(tiny_config(tmp_path, "adapter=none", "training.max_steps=4"))
+    checkpoint = run.trainer().train().checkpoints[-1]
+    load_weights_into(run.model, checkpoint)  # a complete file loads (a tied LM head is written once)
+    weights = load_file(str(checkpoint / "model.safetensors"))
+    dropped = sorted(weights)[0]
+    del weights[dropped]
+    save_file(weights, str(checkpoint / "model.safetensors"), metadata={"format": "pt"})
+    write_manifest(checkpoint)
+    with pytest.raises(CheckpointError, match=f"does not match this model \\(missing {dropped}\\)"):
+        load_weights_into(run.model, checkpoint)
+
+
 def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     run = built(tiny_config(tmp_path, "training.save_steps=2"))
 
