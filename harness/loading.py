@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from harness.config import QuantizationSection
-from harness.errors import AdapterError, ModelResolutionError
+from harness.errors import AdapterError, ConfigError, ModelResolutionError
 
 BNB_4BIT_BLOCK_SIZE = 64  # what transformers' bitsandbytes integration quantizes 4-bit weights with
 
@@ -34,6 +34,22 @@ def pick_dtype(preference: str, device: torch.device) -> torch.dtype:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
+
+
+def check_training_precision(dtype: torch.dtype, adapter: str) -> None:
+    """Refuse the precisions this trainer cannot train safely: float16 needs loss scaling (a
+    GradScaler) or its gradients underflow, and a full fine-tune in bfloat16 would update the weights
+    without fp32 master copies, losing most small updates to rounding."""
+    if dtype == torch.float16:
+        raise ConfigError(
+            "training.dtype: float16 training needs loss scaling, which harness does not do; "
+            "use bfloat16 (GPUs since Ampere) or float32"
+        )
+    if dtype == torch.bfloat16 and adapter == "none":
+        raise ConfigError(
+            "training.dtype: a full fine-tune (adapter: none) in bfloat16 has no fp32 master weights; "
+            "use float32, or a LoRA adapter (its weights stay fp32-safe in bfloat16 runs)"
+        )
 
 
 def load_tokenizer(snapshot: str | Path) -> Any:

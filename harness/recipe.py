@@ -14,7 +14,14 @@ import torch
 from harness.adapters import AdapterSummary, build_adapter
 from harness.config import RunConfig
 from harness.data.formatting import PreparedData, pad_token_id, prepare_data
-from harness.loading import LoadingReport, load_model_with_report, load_tokenizer, pick_device, pick_dtype
+from harness.loading import (
+    LoadingReport,
+    check_training_precision,
+    load_model_with_report,
+    load_tokenizer,
+    pick_device,
+    pick_dtype,
+)
 from harness.model_info import ModelInfo
 from harness.resolve import ResolvedModel, resolve_model
 from harness.training import Trainer
@@ -84,6 +91,7 @@ def prepare_run(config: RunConfig, *, with_data: bool = True) -> Run:
     tokenizer = load_tokenizer(resolved.path)
     device = pick_device(config.training.device)
     dtype = pick_dtype(config.training.dtype, device)
+    check_training_precision(dtype, config.adapter)
     run = Run(config, resolved, info, tokenizer, device, dtype)
     if with_data:
         run.data  # noqa: B018 - prepare the data now, before any weights load

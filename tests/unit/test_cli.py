@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+import pytest
 import yaml
 
 from harness.cli import main
@@ -271,3 +272,29 @@ def test_interrupted_train_prints_a_resume_command_that_runs(tmp_path, capsys, m
     assert main(shlex.split(hint)[1:]) == 0
     printed = capsys.readouterr().out
     assert f"resuming from {out / 'checkpoint-000001'}" in printed and "step 3/3 loss" in printed
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["training.dtype=float16"], "error: training.dtype: float16 training needs loss scaling"),
+        (
+            ["training.dtype=bfloat16", "adapter=none"],
+            "error: training.dtype: a full fine-tune (adapter: none) in bfloat16",
+        ),
+    ],
+)
+def test_unsafe_training_precision_is_refused_with_one_line(tmp_path, capsys, tiny_llama, sets, message):
+    args = tiny_train_args(tmp_path, *[item for s in sets for item in ("--set", s)])
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+
+
+def test_bfloat16_lora_is_allowed():
+    import torch
+
+    from harness.loading import check_training_precision
+
+    check_training_precision(torch.bfloat16, "lora")
+    check_training_precision(torch.float32, "none")
