@@ -149,3 +149,23 @@ def test_lora_layers_report_the_wrapped_shapes(tiny_llama):
     for layer in found:
         assert layer.a_shape == (4, layer.base_in) and layer.b_shape == (layer.base_out, 4)
         assert (layer.predicted_in, layer.predicted_out) == (layer.base_in, layer.base_out)
+
+
+def test_a_snapshot_missing_a_weight_is_reported_by_the_loader(tiny_llama, tmp_path):
+    """The evidence behind 'model loads': transformers' own key report, which the check fails on."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from harness.loading import load_model_with_report
+
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(tiny_llama.path, snapshot)
+    weights = load_file(str(snapshot / "model.safetensors"))
+    dropped = "model.layers.1.mlp.up_proj.weight"
+    del weights[dropped]
+    save_file(weights, str(snapshot / "model.safetensors"), metadata={"format": "pt"})
+    _model, report = load_model_with_report(snapshot)
+    assert report.missing_keys == [dropped] and report.unexpected_keys == []
+    _model, clean = load_model_with_report(tiny_llama.path)
+    assert (clean.missing_keys, clean.unexpected_keys, clean.mismatched_keys) == ([], [], [])
