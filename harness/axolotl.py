@@ -81,6 +81,8 @@ MARKERS = {
     "sample_packing",
 }
 AXOLOTL_SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant"}
+# axolotl optimizer names that are what the harness runs: torch's AdamW with fp32 states.
+TORCH_ADAMW = {"adamw_torch", "adamw_torch_fused", "adamw_hf"}
 
 
 def is_axolotl(raw: Mapping[str, Any]) -> bool:
@@ -143,8 +145,9 @@ def from_axolotl(raw: Mapping[str, Any], source: str) -> tuple[dict[str, Any], l
         _put(nested, "dataset.train_split", 1.0 - float(val_set_size))
 
     optimizer = raw.get("optimizer")
-    if optimizer is not None and not str(optimizer).startswith("adamw"):
-        ignored.append(f"optimizer {optimizer} (the harness uses AdamW)")
+    if optimizer is not None and optimizer not in TORCH_ADAMW:
+        # 8-bit, paged and other optimizers change memory and numerics: say the run differs.
+        ignored.append(f"optimizer {optimizer} (changed: runs as torch AdamW with fp32 states)")
     if "lr_scheduler" in raw and raw["lr_scheduler"] not in AXOLOTL_SCHEDULERS:
         raise ConfigError(
             f"{source}: lr_scheduler: must be one of {', '.join(AXOLOTL_SCHEDULERS)}, got {raw['lr_scheduler']!r}"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.axolotl import from_axolotl
 from harness.cli import main
 from harness.config import load_config
 from harness.errors import ConfigError
@@ -44,7 +45,7 @@ def test_qlora_file_maps_quantization_and_warmup_steps():
     assert config.adapter == "qlora" and config.quantization.bits == 4
     assert (config.quantization.quant_type, config.quantization.double_quant) == ("nf4", True)
     assert (config.training.warmup_steps, config.training.lr_scheduler, config.training.packing) == (10, "cosine", True)
-    assert "optimizer paged_adamw_8bit (the harness uses AdamW)" in config.ignored_keys
+    assert "optimizer paged_adamw_8bit (changed: runs as torch AdamW with fp32 states)" in config.ignored_keys
 
 
 def test_lora_on_a_4bit_base_is_qlora(tmp_path):
@@ -84,3 +85,15 @@ def test_check_config_lists_ignored_keys_once(capsys):
     assert main(["check-config", str(AXOLOTL / "smollm2_lora.yml")]) == 0
     err = capsys.readouterr().err
     assert err.count("ignored axolotl keys:") == 1 and "wandb_project (not supported)" in err
+
+
+@pytest.mark.parametrize("optimizer", ["adamw_bnb_8bit", "paged_adamw_32bit", "adamw_8bit", "lion_8bit", "sgd"])
+def test_optimizers_other_than_torch_adamw_are_listed_as_changed(optimizer):
+    _nested, ignored = from_axolotl({"micro_batch_size": 2, "optimizer": optimizer}, "x.yml")
+    assert ignored == [f"optimizer {optimizer} (changed: runs as torch AdamW with fp32 states)"]
+
+
+@pytest.mark.parametrize("optimizer", ["adamw_torch", "adamw_torch_fused"])
+def test_torch_adamw_is_what_runs(optimizer):
+    _nested, ignored = from_axolotl({"micro_batch_size": 2, "optimizer": optimizer}, "x.yml")
+    assert ignored == []
