@@ -157,3 +157,20 @@ def test_training_loss_equals_transformers_own_loss(tiny_model, packed):
         f"diff {abs(ours - theirs):.1e}"
     )
     assert ours == pytest.approx(theirs, rel=1e-5)
+
+
+def test_pad_batch_equals_transformers_seq2seq_collator(smollm2_tokenizer):
+    """Right padding, attention mask and -100 label padding, as transformers' DataCollatorForSeq2Seq
+    (the collator the HF Trainer recipes use) builds them."""
+    from transformers import DataCollatorForSeq2Seq
+
+    examples = make_examples(5, seed=11)
+    pad_id = smollm2_tokenizer.pad_token_id
+    ours = pad_batch(examples, pad_id=pad_id).inputs
+    collator = DataCollatorForSeq2Seq(smollm2_tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
+    features = [
+        {"input_ids": e.input_ids, "attention_mask": [1] * len(e.input_ids), "labels": e.labels} for e in examples
+    ]
+    theirs = collator(features)
+    for key in ("input_ids", "attention_mask", "labels"):
+        assert torch.equal(ours[key], theirs[key].to(ours[key].dtype)), key
