@@ -134,6 +134,8 @@ class ValidationSection:
     min_response_loss_drop: float = _field(0.02, _FRACTION)
     max_perplexity_ratio: float = _field(1.5, Rule("float", "a number >= 1", lambda v: v >= 1))
     generation: bool = _field(True, Rule("bool"))
+    oracle: bool = _field(False, Rule("bool"))  # also train through transformers' Trainer and compare
+    oracle_tolerance: float = _field(1e-5, Rule("float", "a number > 0", lambda v: v > 0))
 
 
 @dataclass

@@ -78,6 +78,7 @@ def build_report(outcome: ValidationOutcome) -> dict[str, Any]:
         "measured": measured,
         "errors": evidence.errors,
         "training": training,
+        **({"oracle": asdict(evidence.oracle)} if evidence.oracle is not None else {}),  # validation.oracle
         "criteria": [asdict(c) for c in outcome.criteria],
         "summary": counts | {"exit_code": outcome.exit_code, "result": "PASS" if outcome.exit_code == 0 else "FAIL"},
     }

@@ -79,6 +79,7 @@ class CheckSpec:
     level: str
     check: Check
     owns: tuple[str, ...]  # evidence whose failure fails this criterion (others only skip it)
+    requested_by: str = ""  # an opt-in criterion: the validation flag that asks for it ('' = always judged)
 
 
 # ---------------------------------------------------------------- minimum criteria
@@ -448,6 +449,31 @@ def forgetting_guard(ev: Evidence, t: ValidationSection) -> Verdict:
     )
 
 
+def oracle_parity(ev: Evidence, t: ValidationSection) -> Verdict:
+    """The harness run against the same run through transformers' Trainer (``harness.oracle``): the
+    loss of every optimizer step and the final adapter weights, relative to their own size."""
+    oracle = need(ev.oracle, "oracle")
+    ours, theirs, tolerance = oracle.harness_losses, oracle.oracle_losses, t.oracle_tolerance
+    differences = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(ours, theirs)]
+    worst = max(differences, default=math.nan)
+    weights = oracle.max_weight_diff / max(oracle.weight_scale, 1e-12)
+    beyond = [step for step, d in enumerate(differences, 1) if not d <= tolerance]  # NaN too
+    if len(ours) != len(theirs):
+        detail = f"the harness ran {len(ours)} steps, transformers' Trainer {len(theirs)}"
+    elif beyond:
+        step = beyond[0]
+        detail = f"step {step}: harness {ours[step - 1]:.6g}, transformers {theirs[step - 1]:.6g}"
+    else:
+        detail = f"transformers' Trainer took {oracle.seconds:.0f} s"
+    return Verdict(
+        bool(ours) and len(ours) == len(theirs) and not beyond and weights <= tolerance,
+        f"{len(ours)} steps; max relative loss difference {worst:.1e}; final weights max |diff| "
+        f"{oracle.max_weight_diff:.1e} ({weights:.1e} of max |w| {oracle.weight_scale:.3g})",
+        f"the same steps; every step's loss and the final weights within {tolerance:g} relative",
+        detail,
+    )
+
+
 CHECKS: list[CheckSpec] = [
     CheckSpec("model_loads", "Model loads from the HF cache", "minimum", model_loads, ("load",)),
     CheckSpec(
@@ -476,6 +502,14 @@ CHECKS: list[CheckSpec] = [
     CheckSpec(
         "forgetting_guard", "Reference-text perplexity does not blow up", "full", forgetting_guard, ("before", "after")
     ),
+    CheckSpec(
+        "oracle_parity",
+        "The same run through transformers' Trainer agrees step by step",
+        "full",
+        oracle_parity,
+        ("oracle",),
+        requested_by="oracle",
+    ),
 ]
 
 
@@ -500,5 +534,7 @@ def judge_one(spec: CheckSpec, evidence: Evidence, thresholds: ValidationSection
 
 
 def judge(evidence: Evidence, thresholds: ValidationSection) -> list[Criterion]:
-    """Every criterion, in the research document's order."""
-    return [judge_one(spec, evidence, thresholds) for spec in CHECKS]
+    """Every criterion, in the research document's order, then the opt-in ones the config asks for
+    (an opt-in criterion that was not asked for is left out of the report, not SKIPPED)."""
+    wanted = [spec for spec in CHECKS if not spec.requested_by or getattr(thresholds, spec.requested_by)]
+    return [judge_one(spec, evidence, thresholds) for spec in wanted]

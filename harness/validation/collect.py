@@ -39,6 +39,7 @@ from harness.validation.evidence import (
     LoadEvidence,
     LoraLayer,
     ModelState,
+    OracleEvidence,
     ReloadEvidence,
     SavedEvidence,
     StepEvidence,
@@ -185,7 +186,7 @@ class EvidenceRun:
         try:
             self._collect()
         except StageFailed as stop:
-            for name in ("load", "tokenizer", "forward", "adapter", "before", "training", "saved", "reload", "after"):
+            for name in "load tokenizer forward adapter before training saved reload after oracle".split():
                 if getattr(self.evidence, name) is None:
                     self.evidence.absent.setdefault(name, stop.reason)
         self.evidence.facts["validation_seconds"] = time.perf_counter() - started
@@ -208,6 +209,8 @@ class EvidenceRun:
             self._stage("saved", self._measure_saved)
             self._stage("reload", self._measure_reload)
             self._stage("after", lambda: setattr(self.evidence, "after", self._measure_state("after")))
+            if self.config.validation.oracle:
+                self._stage("oracle", self._measure_oracle)
         else:
             for name in ("before", "saved", "reload", "after"):
                 self.evidence.absent[name] = "measured on rank 0"
@@ -391,6 +394,21 @@ class EvidenceRun:
             seconds=self.evidence.facts["training_seconds"],
         )
         self.progress(f"trained {len(history)} steps: loss {history[0].loss:.4f} -> {history[-1].loss:.4f}")
+
+    def _measure_oracle(self) -> None:
+        """The same run through transformers' Trainer (``harness.oracle``): its per-step losses and
+        how far its final adapter weights are from the harness's."""
+        from harness.oracle import run_oracle, trainable_weights, weight_difference
+
+        if self.world.distributed:
+            self.evidence.absent["oracle"] = f"compares single-process runs; this one has {self.world.size} ranks"
+            return
+        assert self.result is not None
+        self.progress("training the same run through transformers' Trainer (validation.oracle)")
+        oracle = run_oracle(self._run)
+        difference, scale = weight_difference(trainable_weights(self._run.model), oracle.weights)
+        losses = [r.loss for r in self.result.history]
+        self.evidence.oracle = OracleEvidence(losses, oracle.losses, difference, scale, oracle.seconds)
 
     # -- checkpoint save and reload
 

@@ -171,6 +171,17 @@ class ReloadEvidence:
 
 
 @dataclass
+class OracleEvidence:
+    """The same run through transformers' Trainer (``validation.oracle: true``, ``harness.oracle``)."""
+
+    harness_losses: list[float]  # per optimizer step
+    oracle_losses: list[float]
+    max_weight_diff: float  # max |harness - oracle| over the final trainable weights
+    weight_scale: float  # max |weight| of the oracle's final weights: what the difference is relative to
+    seconds: float
+
+
+@dataclass
 class Evidence:
     """Everything one validation run measured."""
 
@@ -185,6 +196,7 @@ class Evidence:
     saved: SavedEvidence | None = None
     reload: ReloadEvidence | None = None
     after: ModelState | None = None
+    oracle: OracleEvidence | None = None  # only when validation.oracle asks for it
     errors: dict[str, str] = field(default_factory=dict)
     absent: dict[str, str] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
