@@ -308,6 +308,19 @@ def _cmd_data_subset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reference_record(args: argparse.Namespace) -> int:
+    from harness.reference import REFERENCES, record
+
+    names = args.name or list(REFERENCES)
+    unknown = [n for n in names if n not in REFERENCES]
+    if unknown:
+        raise HarnessError(f"{unknown[0]}: no such reference; there are {', '.join(REFERENCES)}")
+    for name in names:
+        print(f"{name}: training twice ...", flush=True)
+        print(f"  wrote {record(name, args.out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     lines = __doc__.splitlines()
     parser = argparse.ArgumentParser(
@@ -362,6 +375,15 @@ def build_parser() -> argparse.ArgumentParser:
     subset.add_argument("--first", type=int, required=True)
     subset.add_argument("-o", "--output", type=Path, required=True)
     subset.set_defaults(handler=_cmd_data_subset)
+
+    reference = commands.add_parser("reference", help="recorded reference losses of fixed small runs")
+    reference_commands = reference.add_subparsers(dest="reference_command", required=True, metavar="ACTION")
+    record = reference_commands.add_parser(
+        "record", help="train each reference config twice on the CPU and write its losses, versions and tolerance"
+    )
+    record.add_argument("name", nargs="*", help="references to record (default: all)")
+    record.add_argument("--out", type=Path, default=Path("tests/reference"), help="folder (default: tests/reference)")
+    record.set_defaults(handler=_cmd_reference_record)
     return parser
 
 
