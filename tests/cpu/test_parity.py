@@ -16,8 +16,9 @@ from harness.config import load_config
 from harness.data.batching import collate_packed, pack_examples, pad_batch
 from harness.data.formatting import pad_token_id
 from harness.loading import load_model
-from harness.oracle import run_oracle, trainable_weights, weight_difference
+from harness.oracle import run_oracle, trainable_weights
 from harness.recipe import prepare_run
+from tests.helpers import compare_with_oracle
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M"
 TOLERANCE = 1e-5
@@ -82,25 +83,9 @@ def test_transformers_trainer_agrees_with_the_harness_step_by_step(tmp_path):
     initial = trainable_weights(run.model)
     result = run.trainer().train()
     oracle = run_oracle(run, initial=initial)
-    worst = 0.0
-    for record, theirs, norm in zip(result.history, oracle.losses, oracle.grad_norms):
-        relative = abs(record.loss - theirs) / abs(theirs)
-        worst = max(worst, relative)
-        print(
-            f"step {record.step:2d} (epoch {record.epoch}): harness {record.loss:.8f} transformers {theirs:.8f} "
-            f"rel diff {relative:.1e}; grad norm {record.grad_norm:.4f}/{norm:.4f}"
-        )
-    final = trainable_weights(run.model)
-    difference, scale = weight_difference(final, oracle.weights)
-    moved, _ = weight_difference(final, initial)
-    clipped = sum(r.grad_norm > MAX_GRAD_NORM for r in result.history)
-    print(
-        f"{len(result.history)} steps, max relative loss difference {worst:.1e}; final weights max |diff| "
-        f"{difference:.1e} (max |w| {scale:.3f}; training moved them by up to {moved:.3f}); clipped on "
-        f"{clipped}/{len(result.history)} steps; transformers took {oracle.seconds:.1f} s"
-    )
+    seen = compare_with_oracle("SmolLM2", run, initial, result, oracle, max_grad_norm=MAX_GRAD_NORM)
     assert result.epochs_completed == 2 and len(oracle.losses) == len(result.history) == result.total_steps
-    assert clipped > len(result.history) / 2
-    assert moved > 1e-3
-    assert worst <= TOLERANCE
-    assert difference <= TOLERANCE * scale
+    assert seen["clipped"] > 0.5
+    assert seen["moved"] > 1e-3
+    assert seen["worst"] <= TOLERANCE
+    assert seen["difference"] <= TOLERANCE * seen["scale"]

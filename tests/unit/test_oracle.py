@@ -16,8 +16,9 @@ import dataclasses
 import pytest
 
 from harness.config import load_config
-from harness.oracle import run_oracle, trainable_weights, weight_difference
+from harness.oracle import run_oracle, trainable_weights
 from harness.recipe import prepare_run
+from tests.helpers import compare_with_oracle
 
 TINY = "harness/tiny-random-llama"
 TOLERANCE = 1e-5
@@ -62,38 +63,18 @@ def train_both(config, oracle_config=None):
     return run, initial, result, oracle
 
 
-def report(result, oracle) -> float:
-    """Print the per-step comparison; return the largest relative loss difference."""
-    worst = 0.0
-    for record, theirs, lr, norm in zip(result.history, oracle.losses, oracle.learning_rates, oracle.grad_norms):
-        relative = abs(record.loss - theirs) / abs(theirs)
-        worst = max(worst, relative)
-        print(
-            f"step {record.step:2d} (epoch {record.epoch}): harness {record.loss:.8f} transformers {theirs:.8f} "
-            f"rel diff {relative:.1e}; lr {record.lr:.3e}/{lr:.3e}; grad norm {record.grad_norm:.4f}/{norm:.4f}"
-        )
-    return worst
-
-
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 def test_transformers_trainer_agrees_with_the_harness_step_by_step(tmp_path, packed):
     sets = ["training.packing=true", "dataset.max_length=640"] if packed else []
     run, initial, result, oracle = train_both(oracle_config(tmp_path, *sets))
-    worst = report(result, oracle)
-    final = trainable_weights(run.model)
-    difference, scale = weight_difference(final, oracle.weights)
-    moved, _ = weight_difference(final, initial)
-    clipped = sum(r.grad_norm > MAX_GRAD_NORM for r in result.history)
-    print(
-        f"{'packed' if packed else 'padded'}: {len(result.history)} steps, max relative loss difference {worst:.1e}; "
-        f"final weights max |diff| {difference:.1e} (max |w| {scale:.3f}; training moved them by up to {moved:.3f}); "
-        f"clipped on {clipped}/{len(result.history)} steps; transformers took {oracle.seconds:.1f} s"
+    seen = compare_with_oracle(
+        "packed" if packed else "padded", run, initial, result, oracle, max_grad_norm=MAX_GRAD_NORM
     )
     assert result.epochs_completed == 2 and len(oracle.losses) == len(result.history) == result.total_steps
-    assert clipped > len(result.history) / 2
-    assert moved > 1e-3  # the comparison is not between two untrained adapters
-    assert worst <= TOLERANCE
-    assert difference <= TOLERANCE * scale
+    assert seen["clipped"] > 0.5
+    assert seen["moved"] > 1e-3  # the comparison is not between two untrained adapters
+    assert seen["worst"] <= TOLERANCE
+    assert seen["difference"] <= TOLERANCE * seen["scale"]
     assert [r.lr for r in result.history] == pytest.approx(oracle.learning_rates, rel=1e-9, abs=1e-15)
     assert [r.grad_norm for r in result.history] == pytest.approx(oracle.grad_norms, rel=TOLERANCE)
 
@@ -102,11 +83,9 @@ def test_the_oracle_catches_a_harness_that_does_not_clip(tmp_path):
     """The harness trains without clipping, transformers with it: the oracle must see it."""
     config = oracle_config(tmp_path)
     unclipped = dataclasses.replace(config, training=dataclasses.replace(config.training, max_grad_norm=1e9))
-    run, _initial, result, oracle = train_both(unclipped, oracle_config=config)
-    worst = report(result, oracle)
-    difference, scale = weight_difference(trainable_weights(run.model), oracle.weights)
-    print(f"no clipping in the harness: max relative loss difference {worst:.1e}, weights {difference / scale:.1e}")
-    assert worst > 100 * TOLERANCE and difference > 100 * TOLERANCE * scale
+    run, initial, result, oracle = train_both(unclipped, oracle_config=config)
+    seen = compare_with_oracle("no clipping in the harness", run, initial, result, oracle, max_grad_norm=MAX_GRAD_NORM)
+    assert seen["worst"] > 100 * TOLERANCE and seen["difference"] > 100 * TOLERANCE * seen["scale"]
 
 
 def test_validation_oracle_true_adds_the_criterion_to_the_report(tmp_path):
