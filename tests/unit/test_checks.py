@@ -185,10 +185,130 @@ BROKEN = {
 }
 
 
+HEALTHY_REPORT = [
+    (
+        "model_loads",
+        "HuggingFaceTB/SmolLM2-135M-Instruct from hf_home, loaded in 1.0 s; 0 missing, 0 unexpected, 0 mismatched keys",
+        "a snapshot found in a cache or local dir; the loader reports no missing, unexpected or mismatched keys",
+        "/snap",
+    ),
+    ("tokenizer_roundtrip", "4 tokens, round trip exact", "decode(encode(text)) == text, at least one token", ""),
+    ("forward_logits", "shape (1, 5, 49152), all finite", "shape (1, 5, 49152), all finite", ""),
+    (
+        "adapter_dimensions",
+        "4 layers, 4 with A (r x in) and B (out x r) equal to the wrapped layer's shape and to ModelInfo",
+        "4 layers x 1 targets = 4, every shape equal",
+        "lora: 4 layers",
+    ),
+    (
+        "training_step",
+        "step 1: 400 tokens in 0.10 s, loss 1.1950, gradient norm 2",
+        "completes with a finite loss and a non-zero gradient reaching the trainable weights",
+        "",
+    ),
+    ("first_loss", "1.1950 (0.11 x ln(49152))", "pretrained: finite and <= 0.6 x ln(vocab) = 6.48", ""),
+    (
+        "checkpoint_saves",
+        "adapter_model.safetensors: readable safetensors, 8 tensors, 1,000 bytes",
+        "a readable safetensors file holding lora_A and lora_B for each of the 4 adapted layers (8)",
+        "/ckpt",
+    ),
+    (
+        "checkpoint_loads",
+        "max |logit diff| 0.00e+00; the adapter moves the logits by up to 0.5",
+        "<= 0.0001",
+        "reloaded with peft.PeftModel.from_pretrained",
+    ),
+    (
+        "loss_decreases",
+        "held-out loss 1.0950 -> 0.5475 (x0.500, 59.3 standard errors; n=20) after 100 steps",
+        "<= x0.95 and >= 3 standard errors, over >= 100 steps",
+        "training loss: first step 1.1950, last 0.7000",
+    ),
+    (
+        "gradient_norms",
+        "pre-clip min 0.5, median 1.25, max 2; clipped to 1 on 50/100 steps",
+        "all finite, max <= 100, median >= 1e-06; after clipping = min(norm, 1)",
+        "",
+    ),
+    (
+        "lr_schedule",
+        "100/100 steps match (linear, 5 warmup steps, peak 0.001)",
+        "every step's lr == transformers.get_scheduler's",
+        "",
+    ),
+    (
+        "epochs_complete",
+        "2/2 epochs; steps per epoch [50, 50]; target tokens per epoch [1500, 1500]",
+        "every epoch: 50 steps and the training set's 1500 target tokens",
+        "",
+    ),
+    (
+        "adapter_config",
+        "parsed by peft.LoraConfig.from_pretrained; r=8, lora_alpha=16, task_type='CAUSAL_LM'",
+        "parses with PEFT; lists base_model_name_or_path, peft_type, r, lora_alpha, target_modules, task_type; values equal the trained adapter's",  # noqa: E501
+        "",
+    ),
+    (
+        "generation",
+        "held-out exact match 0% -> 90% (+90 points; n=10)",
+        ">= +50 points",
+        "after, per family: sort_numbers 90%",
+    ),
+    ("forgetting_guard", "perplexity 16.00 -> 18.00 (x1.12)", "<= x1.5", ""),
+]
+
+BROKEN_REPORT = {
+    "model_loads": (
+        "HuggingFaceTB/SmolLM2-135M-Instruct from hf_home, loaded in 1.0 s; 1 missing, 0 unexpected, 0 mismatched keys",
+        "missing: model.layers.0.mlp.up_proj.weight",
+    ),
+    "tokenizer_roundtrip": ("4 tokens, round trip differs", "first difference at character 6"),
+    "forward_logits": ("shape (1, 5, 49152), non-finite values", ""),
+    "adapter_dimensions": (
+        "4 layers, 3 with A (r x in) and B (out x r) equal to the wrapped layer's shape and to ModelInfo",
+        "base_model.model.model.layers.3.self_attn.q_proj: A(8, 64) B(32, 8), its linear layer needs A(8, 64) B(64, 8)",
+    ),
+    "training_step": ("step 1: 400 tokens in 0.10 s, loss 1.1950, gradient norm 0", ""),
+    "first_loss": ("10.8027 (1.00 x ln(49152))", ""),
+    "checkpoint_saves": ("adapter_model.safetensors: readable safetensors, 7 tensors, 1,000 bytes", "/ckpt"),
+    "checkpoint_loads": (
+        "max |logit diff| 1.00e-01; the adapter moves the logits by up to 0.5",
+        "reloaded with peft.PeftModel.from_pretrained",
+    ),
+    "loss_decreases": (
+        "held-out loss 1.0950 -> 1.0950 (x1.000, 0.0 standard errors; n=20) after 100 steps",
+        "training loss: first step 1.1950, last 0.7000",
+    ),
+    "gradient_norms": (
+        "pre-clip min 0.5, median 1.25, max 2; clipped to 1 on 50/100 steps",
+        "step 1: norm 2 but 2 after clipping",
+    ),
+    "lr_schedule": (
+        "1/100 steps match (linear, 5 warmup steps, peak 0.001)",
+        "step 1: lr 0.0002, transformers gives 0.0",
+    ),
+    "epochs_complete": (
+        "2/2 epochs; steps per epoch [50, 49, 1]; target tokens per epoch [1500, 1470, 30]",
+        "epoch 2: 49 steps, 1470 target tokens",
+    ),
+    "adapter_config": (
+        "parsed by peft.LoraConfig.from_pretrained; r=16, lora_alpha=16, task_type='CAUSAL_LM'",
+        "r: 16, trained with 8",
+    ),
+    "generation": ("held-out exact match 0% -> 40% (+40 points; n=10)", "after, per family: sort_numbers 40%"),
+    "forgetting_guard": ("perplexity 16.00 -> 25.00 (x1.56)", ""),
+}
+
+
 @pytest.mark.parametrize("check_id", list(BROKEN))
 def test_each_criterion_fails_on_the_fault_it_exists_to_catch(check_id):
     broken = BROKEN[check_id](good())
-    assert status(broken, check_id) == FAIL
+    spec = next(s for s in CHECKS if s.id == check_id)
+    criterion = judge_one(spec, broken, T)
+    assert criterion.status == FAIL
+    # The report says what was measured and where it broke, not only FAIL.
+    assert (criterion.measured, criterion.detail) == BROKEN_REPORT[check_id]
     others = {c.id: c.status for c in judge(broken, T) if c.id != check_id}
     assert FAIL not in others.values() or check_id in ("first_loss", "training_step", "loss_decreases"), others
 
@@ -503,3 +623,27 @@ def test_an_oracle_that_failed_fails_and_one_not_run_is_skipped_with_the_reason(
     e.absent["oracle"] = "compares single-process runs; this one has 2 ranks"
     skipped = {c.id: c for c in judge(e, ORACLE)}["oracle_parity"]
     assert skipped.status == SKIPPED and "single-process" in skipped.detail
+
+
+def test_healthy_evidence_is_reported_with_its_measured_values_and_thresholds():
+    assert [(c.id, c.measured, c.threshold, c.detail) for c in judge(good(), T)] == HEALTHY_REPORT
+
+
+@pytest.mark.parametrize("spec", [s for s in CHECKS if s.owns], ids=lambda s: s.id)
+def test_a_failed_stage_fails_the_criterion_that_owns_its_evidence(spec):
+    evidence = good()
+    evidence.oracle = None
+    name = spec.owns[0]
+    setattr(evidence, name, None)
+    evidence.errors[name] = "boom: one line"
+    criterion = judge_one(spec, evidence, T)
+    assert (criterion.status, criterion.measured) == (FAIL, "error: boom: one line")
+
+
+@pytest.mark.parametrize("spec", [s for s in CHECKS if not s.owns], ids=lambda s: s.id)
+def test_a_failed_stage_only_skips_the_criteria_that_merely_need_it(spec):
+    evidence = good()
+    evidence.training = None
+    evidence.errors["training"] = "boom"
+    criterion = judge_one(spec, evidence, T)
+    assert (criterion.status, criterion.detail) == (SKIPPED, "needs training, which failed")
