@@ -29,6 +29,10 @@ RANDOM_INIT = "random init"
 REQUIRED_ADAPTER_KEYS = ("base_model_name_or_path", "peft_type", "r", "lora_alpha", "target_modules", "task_type")
 RELOAD_TOLERANCE = {"lora": 1e-4, "none": 1e-4, "qlora": 1e-3}
 CLIP_TOLERANCE = 1e-3  # relative: clip_grad_norm_ scales by max_norm / (norm + 1e-6)
+# Final weights are held 100x looser than losses: with 2 CPU threads the two runs reorder sums inside
+# matmuls, measured 1.4e-4 of max |w| on SmolLM2 over 12 steps (bitwise equal on 1 thread); a harness
+# that skips clipping ends 4.3e-2 off.
+ORACLE_WEIGHT_FACTOR = 100
 HF_SCHEDULER = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
 T = TypeVar("T")
@@ -466,10 +470,11 @@ def oracle_parity(ev: Evidence, t: ValidationSection) -> Verdict:
     else:
         detail = f"transformers' Trainer took {oracle.seconds:.0f} s"
     return Verdict(
-        bool(ours) and len(ours) == len(theirs) and not beyond and weights <= tolerance,
+        bool(ours) and len(ours) == len(theirs) and not beyond and weights <= ORACLE_WEIGHT_FACTOR * tolerance,
         f"{len(ours)} steps; max relative loss difference {worst:.1e}; final weights max |diff| "
         f"{oracle.max_weight_diff:.1e} ({weights:.1e} of max |w| {oracle.weight_scale:.3g})",
-        f"the same steps; every step's loss and the final weights within {tolerance:g} relative",
+        f"the same steps; every step's loss within {tolerance:g} relative, the final weights within "
+        f"{ORACLE_WEIGHT_FACTOR * tolerance:g} of their largest",
         detail,
     )
 

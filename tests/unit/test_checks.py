@@ -599,7 +599,7 @@ def test_oracle_parity_fails_when_the_runs_disagree(fault):
     theirs = list(e.oracle.oracle_losses)
     changes = {
         "one step off by 1e-3": {"oracle_losses": theirs[:40] + [theirs[40] * 1.001] + theirs[41:]},
-        "final weights off": {"max_weight_diff": 1e-4},
+        "final weights off": {"max_weight_diff": 1e-2},
         "fewer steps": {"oracle_losses": theirs[:-1]},
         "nan loss": {"oracle_losses": theirs[:-1] + [math.nan]},
         "no steps": {"harness_losses": [], "oracle_losses": []},
