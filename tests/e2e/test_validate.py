@@ -186,13 +186,30 @@ def test_missing_dataset_still_runs_the_model_checks(tmp_path):
 
 
 def test_axolotl_style_smollm2_lora_file_validates_end_to_end(tmp_path):
-    done = harness_cli("validate", "configs/axolotl/smollm2_lora.yml", "--max-steps", "110", "--out", str(tmp_path))
+    """The axolotl file's keys drive a whole validation (the SmolLM2 verdicts themselves are the
+    default validation's, which trains the same data; here the tiny stand-in keeps CI short)."""
+    done = harness_cli(
+        "validate",
+        "configs/axolotl/smollm2_lora.yml",
+        "--max-steps",
+        "110",
+        "--set",
+        "base_model=harness/tiny-random-llama",
+        "--set",
+        "dataset.max_length=512",
+        "--out",
+        str(tmp_path),
+    )
     print(done.stdout[-2500:])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert done.stderr.count("ignored axolotl keys:") == 1
     report = json.loads((tmp_path / "report.json").read_text())
-    assert set(statuses(report).values()) == {PASS}
+    got = statuses(report)
+    assert {k for k, v in got.items() if v != PASS} == {"generation", "forgetting_guard"}  # random init
     assert "wandb_project (not supported)" in report["ignored_config_keys"]
+    config = report["config"]
+    assert config["lora"]["target_modules"] == ["all-linear"] and config["training"]["epochs"] == 2
+    assert config["dataset"]["train_split"] == 0.9 and config["training"]["learning_rate"] == 1e-3
 
 
 def test_train_smollm2_qlora_dev_config_leaves_a_loadable_adapter(tmp_path, alpaca_1k):
