@@ -15,6 +15,7 @@ from harness.data.formatting import IGNORE_INDEX, Example
 from harness.errors import CheckpointError, TrainingError
 from harness.recipe import prepare_run
 from harness.training import build_optimizer, lr_factor, training_step
+from harness.validation.checks import reference_learning_rates
 from tests.helpers import Interrupted, interrupt_at
 
 TINY = "harness/tiny-random-llama"
@@ -64,16 +65,7 @@ def test_schedule_matches_a_literal_table(kind, expected):
 @pytest.mark.parametrize("kind", ["linear", "cosine", "constant"])
 @pytest.mark.parametrize(("total", "warmup"), [(10, 0), (10, 4), (113, 6), (7, 7)])
 def test_schedule_equals_transformers_get_scheduler(kind, total, warmup):
-    from transformers import get_scheduler
-
-    name = {"constant": "constant_with_warmup"}.get(kind, kind)
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
-    theirs = []
-    for _ in range(total):
-        theirs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
+    theirs = reference_learning_rates(total, warmup, kind, 1.0)
     assert [lr_factor(s, total, warmup, kind) for s in range(total)] == pytest.approx(theirs, abs=1e-12)
 
 
