@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from harness import distributed
 from harness.checkpoint import (
@@ -77,27 +76,73 @@ def _unwrap(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def loss_sum_and_count(model: Any, batch: Batch, *, recompute_logits: bool = False) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over target tokens, and their number."""
+def loss_sum_and_count(model: Any, batch: Batch) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over target tokens, and their number (``batch.num_targets``,
+    counted on the host when the batch was built, so nothing here waits for the device)."""
     base = _unwrap(model)
     inputs = {k: v for k, v in batch.inputs.items() if k != "labels"}
-    hidden = base.model(**inputs, use_cache=False).last_hidden_state[:, :-1]
-    labels = batch.inputs["labels"][:, 1:]
-    selected = labels != IGNORE_INDEX
-    hidden, targets = hidden[selected], labels[selected]
-    head = base.get_output_embeddings()
+    hidden = base.model(**inputs, use_cache=False).last_hidden_state
+    labels = batch.inputs["labels"]
+    # Position t predicts label t + 1; the last position of each row predicts nothing.
+    shifted = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], IGNORE_INDEX)], dim=1).flatten()
+    # A static size keeps the selection free of a device-to-host sync (boolean indexing has one).
+    index = torch.nonzero_static(shifted != IGNORE_INDEX, size=batch.num_targets).squeeze(1)
+    selected = hidden.flatten(0, 1).index_select(0, index)
+    weight = base.get_output_embeddings().weight
+    return target_loss_sum(selected, weight, shifted.index_select(0, index)), batch.num_targets
+
+
+def target_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """sum(cross_entropy(hidden @ weight.T, targets)) in chunks of LOSS_CHUNK_TOKENS rows, in fp32.
+
+    Only one chunk's [rows x vocab] logits exist at a time, in forward and in backward: the gradient
+    is computed in forward, chunk by chunk, and what is kept for backward is the gradient of
+    ``hidden`` in its own dtype (and of ``weight`` when it trains), never fp32 logits."""
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        result: torch.Tensor = _ChunkedCrossEntropy.apply(hidden, weight, targets)
+        return result
+    total, _, _ = _chunked_cross_entropy(hidden, weight, targets, False, False)
+    return total
+
+
+def _chunked_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, grad_hidden: bool, grad_weight: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The loss sum and its gradients with respect to hidden and weight (each only when asked)."""
     total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, targets.numel(), LOSS_CHUNK_TOKENS):
-        piece = (hidden[start : start + LOSS_CHUNK_TOKENS], targets[start : start + LOSS_CHUNK_TOKENS])
-        if recompute_logits and torch.is_grad_enabled():
-            total = total + checkpoint(_chunk_loss, head, *piece, use_reentrant=False)
-        else:
-            total = total + _chunk_loss(head, *piece)
-    return total, int(targets.numel())
+    d_hidden = torch.empty_like(hidden) if grad_hidden else None
+    d_weight = torch.zeros_like(weight, dtype=torch.float32) if grad_weight else None
+    for start in range(0, hidden.shape[0], LOSS_CHUNK_TOKENS):
+        rows, wanted = hidden[start : start + LOSS_CHUNK_TOKENS], targets[start : start + LOSS_CHUNK_TOKENS, None]
+        logits = F.linear(rows, weight).float()
+        normalizer = torch.logsumexp(logits, dim=-1, keepdim=True)
+        total = total + (normalizer - logits.gather(1, wanted)).sum()
+        if d_hidden is None and d_weight is None:
+            continue
+        # d loss / d logits = softmax - one_hot(target), built in place in the fp32 logits buffer.
+        d_logits = logits.sub_(normalizer).exp_().scatter_add_(1, wanted, logits.new_full(wanted.shape, -1.0))
+        if d_hidden is not None:
+            d_hidden[start : start + LOSS_CHUNK_TOKENS] = d_logits.to(hidden.dtype) @ weight
+        if d_weight is not None:
+            d_weight.addmm_(d_logits.t(), rows.float())
+    return total, d_hidden, None if d_weight is None else d_weight.to(weight.dtype)
 
 
-def _chunk_loss(head: Any, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """target_loss_sum with its gradient computed in forward (the loss is a scalar, so backward only
+    scales the kept gradients by the incoming one)."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        total, d_hidden, d_weight = _chunked_cross_entropy(hidden, weight, targets, *ctx.needs_input_grad[:2])
+        ctx.save_for_backward(d_hidden, d_weight)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        d_hidden, d_weight = ctx.saved_tensors
+        scaled = [None if d is None else d * grad_output.to(d.dtype) for d in (d_hidden, d_weight)]
+        return scaled[0], scaled[1], None
 
 
 @dataclass
@@ -116,7 +161,6 @@ def training_step(
     *,
     max_grad_norm: float = math.inf,
     device: torch.device | str | None = None,
-    recompute_logits: bool = False,
     ddp: Any = None,
 ) -> StepResult:
     """One optimizer step over one or more micro batches (gradient accumulation).
@@ -124,6 +168,8 @@ def training_step(
     Returns the token-normalized loss, the target/real token counts and the gradient norm before and
     after clipping;
     raises TrainingError if the loss or the gradient is not finite (the weights are left untouched).
+    The loss and norms stay on the device until one read after the last micro batch, so the host
+    queues the micro batches without waiting for them.
 
     ``ddp`` is the DistributedDataParallel-wrapped ``LossModule`` of a data-parallel run: gradients are
     all-reduced once, on the last micro batch (``no_sync`` before it), and the loss is normalized by
@@ -136,21 +182,23 @@ def training_step(
         raise TrainingError("batch has no target tokens (every label is masked)")
     # DDP averages gradients over ranks; scaling by the world size turns that average into the sum.
     scale = world.size / total_targets
-    loss_total = 0.0
+    loss_total = torch.zeros((), dtype=torch.float32, device=device)
     for index, batch in enumerate(batches):
         last = index == len(batches) - 1
         with ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext():
+            on_device = batch.to(device)
             if ddp is not None:
-                loss_sum = ddp(**batch.to(device).inputs)
+                loss_sum = ddp(num_targets=on_device.num_targets, **on_device.inputs)
             else:
-                loss_sum, _count = loss_sum_and_count(model, batch.to(device), recompute_logits=recompute_logits)
+                loss_sum, _count = loss_sum_and_count(model, on_device)
             (loss_sum * scale).backward()
-        loss_total += float(loss_sum.detach())
-    loss = distributed.all_reduce_sum(loss_total, world, torch.device(device)) / total_targets
+        loss_total += loss_sum.detach()
     parameters = [p for p in model.parameters() if p.requires_grad]
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm))
+    norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
     grads = [p.grad for p in parameters if p.grad is not None]
-    clipped_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+    clipped = torch.nn.utils.get_total_norm(grads) if grads else norm.new_zeros(())
+    summed, grad_norm, clipped_norm = torch.stack([loss_total, norm.float(), clipped.float()]).tolist()
+    loss = distributed.all_reduce_sum(summed, world, torch.device(device)) / total_targets
     if not math.isfinite(loss) or not math.isfinite(grad_norm):
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
@@ -166,13 +214,12 @@ class LossModule(torch.nn.Module):
     """The summed target-token loss as a module, so DistributedDataParallel can wrap the whole
     computation (its forward is what prepares the gradient all-reduce)."""
 
-    def __init__(self, model: Any, recompute_logits: bool) -> None:
+    def __init__(self, model: Any) -> None:
         super().__init__()
         self.model = model
-        self.recompute_logits = recompute_logits
 
-    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
-        loss_sum, _count = loss_sum_and_count(self.model, Batch(inputs, 0, 0), recompute_logits=self.recompute_logits)
+    def forward(self, num_targets: int, **inputs: torch.Tensor) -> torch.Tensor:
+        loss_sum, _count = loss_sum_and_count(self.model, Batch(inputs, 0, num_targets))
         return loss_sum
 
 
@@ -181,12 +228,12 @@ def evaluate_loss(model: Any, batches: list[Batch], device: torch.device | str) 
     """Mean next-token loss per target token over ``batches``."""
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    total, count = torch.zeros((), device=device), 0
     for batch in batches:
         loss_sum, n = loss_sum_and_count(model, batch.to(device))
-        total, count = total + float(loss_sum), count + n
+        total, count = total + loss_sum, count + n
     model.train(was_training)
-    return total / max(1, count)
+    return float(total) / max(1, count)
 
 
 def build_optimizer(model: Any, learning_rate: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
@@ -429,14 +476,13 @@ class Trainer:
         )
         self.model.train()
         progress = _progress(self.total_steps, step, enabled=self.world.is_main)
-        recompute = self.config.gradient_checkpointing(self.device.type)
         if self.training.compile:
             # In place, so parameter names (and so checkpoints) stay those of the uncompiled model.
             _unwrap(self.model).model.compile(dynamic=True)
         ddp = None
         if self.world.distributed:
             ddp = torch.nn.parallel.DistributedDataParallel(
-                LossModule(self.model, recompute),
+                LossModule(self.model),
                 device_ids=[self.world.local_rank] if self.device.type == "cuda" else None,
             )
         plan = self._epoch_plan(epoch)
@@ -457,7 +503,6 @@ class Trainer:
                     self.optimizer,
                     max_grad_norm=self.training.max_grad_norm,
                     device=self.device,
-                    recompute_logits=recompute,
                     ddp=ddp,
                 )
             except TrainingError as exc:
