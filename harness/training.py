@@ -76,9 +76,10 @@ def _unwrap(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def loss_sum_and_count(model: Any, batch: Batch) -> tuple[torch.Tensor, int]:
+def loss_sum_and_count(model: Any, batch: Batch, grad_scale: float = 1.0) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over target tokens, and their number (``batch.num_targets``,
-    counted on the host when the batch was built, so nothing here waits for the device)."""
+    counted on the host when the batch was built, so nothing here waits for the device).
+    ``grad_scale`` is the factor backward will bring (see target_loss_sum)."""
     base = _unwrap(model)
     inputs = {k: v for k, v in batch.inputs.items() if k != "labels"}
     hidden = base.model(**inputs, use_cache=False).last_hidden_state
@@ -89,43 +90,56 @@ def loss_sum_and_count(model: Any, batch: Batch) -> tuple[torch.Tensor, int]:
     index = torch.nonzero_static(shifted != IGNORE_INDEX, size=batch.num_targets).squeeze(1)
     selected = hidden.flatten(0, 1).index_select(0, index)
     weight = base.get_output_embeddings().weight
-    return target_loss_sum(selected, weight, shifted.index_select(0, index)), batch.num_targets
+    targets = shifted.index_select(0, index)
+    return target_loss_sum(selected, weight, targets, grad_scale), batch.num_targets
 
 
-def target_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def target_loss_sum(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, grad_scale: float = 1.0
+) -> torch.Tensor:
     """sum(cross_entropy(hidden @ weight.T, targets)) in chunks of LOSS_CHUNK_TOKENS rows, in fp32.
 
     Only one chunk's [rows x vocab] logits exist at a time, in forward and in backward: the gradient
     is computed in forward, chunk by chunk, and what is kept for backward is the gradient of
-    ``hidden`` in its own dtype (and of ``weight`` when it trains), never fp32 logits."""
+    ``hidden`` in its own dtype (and of ``weight`` when it trains), never fp32 logits. It is computed
+    for an incoming gradient of ``grad_scale`` (what ``(loss * scale).backward()`` brings) and
+    rescaled in backward by incoming / grad_scale, which is exactly 1 then: the result is bitwise
+    that of autograd through F.cross_entropy, and right for any other incoming gradient."""
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        result: torch.Tensor = _ChunkedCrossEntropy.apply(hidden, weight, targets)
+        result: torch.Tensor = _ChunkedCrossEntropy.apply(hidden, weight, targets, grad_scale)
         return result
-    total, _, _ = _chunked_cross_entropy(hidden, weight, targets, False, False)
+    total, _, _ = _chunked_cross_entropy(hidden, weight, targets, (False, False), grad_scale)
     return total
 
 
 def _chunked_cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, grad_hidden: bool, grad_weight: bool
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, wants: tuple[bool, bool], grad_scale: float
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """The loss sum and its gradients with respect to hidden and weight (each only when asked)."""
+    """The loss sum and its gradients (times ``grad_scale``) with respect to hidden and weight, each
+    only where ``wants`` says.
+
+    Each chunk runs F.cross_entropy and its autograd backward at once, so the arithmetic is that of
+    transformers' loss (softmax minus one-hot is computed in the logits, where it cancels) and the
+    chunk's fp32 log-softmax is freed before the next chunk."""
+    grad_hidden, grad_weight = wants
     total = hidden.new_zeros((), dtype=torch.float32)
     d_hidden = torch.empty_like(hidden) if grad_hidden else None
-    d_weight = torch.zeros_like(weight, dtype=torch.float32) if grad_weight else None
+    d_weight = torch.zeros_like(weight) if grad_weight else None
     for start in range(0, hidden.shape[0], LOSS_CHUNK_TOKENS):
-        rows, wanted = hidden[start : start + LOSS_CHUNK_TOKENS], targets[start : start + LOSS_CHUNK_TOKENS, None]
-        logits = F.linear(rows, weight).float()
-        normalizer = torch.logsumexp(logits, dim=-1, keepdim=True)
-        total = total + (normalizer - logits.gather(1, wanted)).sum()
-        if d_hidden is None and d_weight is None:
+        part = slice(start, start + LOSS_CHUNK_TOKENS)
+        rows, head = hidden[part].detach().requires_grad_(grad_hidden), weight.detach().requires_grad_(grad_weight)
+        with torch.enable_grad():
+            loss = F.cross_entropy(F.linear(rows, head).float(), targets[part], reduction="sum")
+        total = total + loss.detach()
+        wanted = [tensor for tensor in (rows, head) if tensor.requires_grad]
+        if not wanted:
             continue
-        # d loss / d logits = softmax - one_hot(target), built in place in the fp32 logits buffer.
-        d_logits = logits.sub_(normalizer).exp_().scatter_add_(1, wanted, logits.new_full(wanted.shape, -1.0))
+        grads = list(torch.autograd.grad(loss, wanted, grad_outputs=loss.new_tensor(grad_scale)))
         if d_hidden is not None:
-            d_hidden[start : start + LOSS_CHUNK_TOKENS] = d_logits.to(hidden.dtype) @ weight
+            d_hidden[part] = grads.pop(0)
         if d_weight is not None:
-            d_weight.addmm_(d_logits.t(), rows.float())
-    return total, d_hidden, None if d_weight is None else d_weight.to(weight.dtype)
+            d_weight += grads.pop(0)
+    return total, d_hidden, d_weight
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
@@ -133,16 +147,21 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     scales the kept gradients by the incoming one)."""
 
     @staticmethod
-    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        total, d_hidden, d_weight = _chunked_cross_entropy(hidden, weight, targets, *ctx.needs_input_grad[:2])
+    def forward(
+        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, grad_scale: float
+    ) -> torch.Tensor:
+        wants = (bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1]))
+        total, d_hidden, d_weight = _chunked_cross_entropy(hidden, weight, targets, wants, grad_scale)
         ctx.save_for_backward(d_hidden, d_weight)
+        ctx.grad_scale = grad_scale
         return total
 
     @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
         d_hidden, d_weight = ctx.saved_tensors
-        scaled = [None if d is None else d * grad_output.to(d.dtype) for d in (d_hidden, d_weight)]
-        return scaled[0], scaled[1], None
+        factor = grad_output / ctx.grad_scale
+        scaled = [None if d is None else d * factor.to(d.dtype) for d in (d_hidden, d_weight)]
+        return scaled[0], scaled[1], None, None
 
 
 @dataclass
@@ -188,9 +207,9 @@ def training_step(
         with ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext():
             on_device = batch.to(device)
             if ddp is not None:
-                loss_sum = ddp(num_targets=on_device.num_targets, **on_device.inputs)
+                loss_sum = ddp(num_targets=on_device.num_targets, grad_scale=scale, **on_device.inputs)
             else:
-                loss_sum, _count = loss_sum_and_count(model, on_device)
+                loss_sum, _count = loss_sum_and_count(model, on_device, scale)
             (loss_sum * scale).backward()
         loss_total += loss_sum.detach()
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -218,8 +237,8 @@ class LossModule(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, num_targets: int, **inputs: torch.Tensor) -> torch.Tensor:
-        loss_sum, _count = loss_sum_and_count(self.model, Batch(inputs, 0, num_targets))
+    def forward(self, num_targets: int, grad_scale: float, **inputs: torch.Tensor) -> torch.Tensor:
+        loss_sum, _count = loss_sum_and_count(self.model, Batch(inputs, 0, num_targets), grad_scale)
         return loss_sum
 
 

@@ -4,6 +4,9 @@ cross-entropy, and host syncs per optimizer step instead of per micro batch."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -33,21 +36,29 @@ def previous_loss(hidden, weight, targets, recompute):
     return total
 
 
-def kept_for_backward(loss_fn, hidden, weight, targets) -> tuple[int, set[torch.dtype]]:
-    """Bytes of distinct storages the autograd graph holds for backward, and their dtypes."""
-    storages: dict[int, int] = {}
-    dtypes: set[torch.dtype] = set()
+class Saved:
+    """A tensor as the autograd graph holds it; alive exactly as long as the graph keeps it."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+
+def kept_for_backward(loss_fn, hidden, weight, targets) -> tuple[int, set[torch.dtype], torch.Tensor]:
+    """Bytes of distinct storages the autograd graph still holds for backward once the loss is
+    computed (transient graphs built and freed inside the forward do not count), and their dtypes."""
+    alive: weakref.WeakSet[Saved] = weakref.WeakSet()
 
     def pack(tensor):
-        storage = tensor.untyped_storage()
-        if tensor.data_ptr() not in (hidden.data_ptr(), weight.data_ptr()):  # inputs exist anyway
-            storages[storage.data_ptr()] = storage.nbytes()
-            dtypes.add(tensor.dtype)
-        return tensor
+        saved = Saved(tensor)
+        alive.add(saved)
+        return saved
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda saved: saved.tensor):
         loss = loss_fn(hidden, weight, targets)
-    return sum(storages.values()), dtypes, loss
+    gc.collect()
+    kept = [s.tensor for s in alive if s.tensor.data_ptr() not in (hidden.data_ptr(), weight.data_ptr())]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in kept}
+    return sum(storages.values()), {t.dtype for t in kept if t.is_floating_point()}, loss
 
 
 def inputs(dtype=torch.bfloat16, weight_grad=False):
@@ -72,20 +83,24 @@ def test_chunked_loss_keeps_only_the_hidden_gradient_in_its_dtype():
     assert old >= ROWS * VOCAB * 4  # the previous path kept every chunk's fp32 log-softmax: measurable
 
 
-@pytest.mark.parametrize("weight_grad", [False, True])
-def test_chunked_loss_and_gradients_equal_autograd_cross_entropy(weight_grad):
+@pytest.mark.parametrize(("weight_grad", "incoming"), [(False, 0.5), (True, 0.5), (True, 3.0)])
+def test_chunked_loss_and_gradients_equal_autograd_cross_entropy(weight_grad, incoming):
+    """Computed for an incoming gradient of 0.5: the hidden gradient is bitwise autograd's when 0.5
+    comes, and right (rounding apart) when another one does."""
     hidden, weight, targets = inputs(torch.float32, weight_grad)
-    ours = target_loss_sum(hidden, weight, targets)
-    (ours * 0.5).backward()
+    ours = target_loss_sum(hidden, weight, targets, grad_scale=0.5)
+    (ours * incoming).backward()
     our_grads = [hidden.grad.clone()] + ([weight.grad.clone()] if weight_grad else [])
     hidden.grad, weight.grad = None, None
-    theirs = F.cross_entropy(F.linear(hidden, weight), targets, reduction="sum")
-    (theirs * 0.5).backward()
+    theirs = F.cross_entropy(F.linear(hidden, weight).float(), targets, reduction="sum")
+    (theirs * incoming).backward()
     their_grads = [hidden.grad] + ([weight.grad] if weight_grad else [])
     diffs = [((a - b).abs().max() / b.abs().max()).item() for a, b in zip(our_grads, their_grads)]
-    print(f"loss {float(ours):.6f} vs {float(theirs):.6f}; gradient max rel diffs {diffs}")
+    print(f"incoming {incoming}: loss {float(ours):.6f} vs {float(theirs):.6f}; gradient max rel diffs {diffs}")
     assert float(ours) == pytest.approx(float(theirs), rel=1e-6)
-    assert max(diffs) < 1e-5
+    # Measured: hidden gradient bitwise equal for 0.5; weight gradient (summed over chunks) 4e-7; for
+    # another incoming gradient 1.3e-6.
+    assert (diffs[0] == 0.0 or incoming != 0.5) and max(diffs) < 5e-6
     wrong = F.cross_entropy(F.linear(hidden, weight), targets.roll(1), reduction="sum")
     assert abs(float(wrong) - float(theirs)) > 1e-3 * abs(float(theirs))  # the comparison can fail
 
