@@ -497,7 +497,7 @@ def engines_agree(ev: Evidence, t: ValidationSection) -> Verdict:
         )
     beyond = [step for step, d in enumerate(differences, 1) if not d <= tolerance]  # NaN too
     first = f"step 1: {differences[0]:.1e}; " if differences else ""
-    if len(ours) != len(theirs):
+    if not ours or len(ours) != len(theirs):
         detail = f"the harness ran {len(ours)} steps, TRL {len(theirs)}"
     elif beyond:
         step = beyond[0]
