@@ -453,6 +453,9 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*kernels.*")
+    # TRL's dataset preparation (--engine trl) and PEFT's offline look-up of the base's config.json.
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", message=".*(Unable to fetch remote file|Could not find a config file).*")
 
 
 if __name__ == "__main__":
