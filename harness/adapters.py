@@ -74,6 +74,22 @@ def _prepare_quantized(model: Any, gradient_checkpointing: bool) -> None:
         model.enable_input_require_grads()
 
 
+def lora_config(config: RunConfig, targets: list[str]) -> Any:
+    """The ``peft.LoraConfig`` of ``config.lora`` on the resolved ``targets``: what the harness wraps the
+    model with, and what TRL's SFTTrainer gets as ``peft_config`` (harness.engines.trl)."""
+    from peft import LoraConfig
+
+    alpha = config.lora.alpha
+    return LoraConfig(
+        r=config.lora.r,
+        lora_alpha=int(alpha) if alpha.is_integer() else alpha,  # type: ignore[arg-type]
+        lora_dropout=config.lora.dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
+
+
 def build_adapter(
     model: Any, config: RunConfig, info: ModelInfo, base_model_id: str | None = None
 ) -> tuple[Any, AdapterSummary]:
@@ -88,7 +104,7 @@ def build_adapter(
         count = sum(p.numel() for p in model.parameters())
         return model, AdapterSummary("full fine-tune", (), 0, count, count)
 
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     if config.adapter == "qlora":
         if not getattr(model, "is_loaded_in_4bit", False) and not getattr(model, "is_loaded_in_8bit", False):
@@ -97,16 +113,7 @@ def build_adapter(
             )
         _prepare_quantized(model, checkpointing)
     targets = resolve_targets(model, config.lora.target_modules)
-    alpha = config.lora.alpha
-    lora_config = LoraConfig(
-        r=config.lora.r,
-        lora_alpha=int(alpha) if alpha.is_integer() else alpha,  # type: ignore[arg-type]
-        lora_dropout=config.lora.dropout,
-        target_modules=targets,
-        task_type="CAUSAL_LM",
-        bias="none",
-    )
-    peft_model = get_peft_model(model, lora_config)
+    peft_model = get_peft_model(model, lora_config(config, targets))
     if base_model_id:
         peft_model.peft_config["default"].base_model_name_or_path = base_model_id
     layers = check_lora_shapes(peft_model, info, config.lora.r)

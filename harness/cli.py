@@ -85,6 +85,10 @@ def _load_run_config(args: argparse.Namespace) -> Any:
         overrides.append("allow_pickle=true")
     if getattr(args, "skip_nonfinite", None) is not None:
         overrides.append(f"training.skip_nonfinite={args.skip_nonfinite}")
+    engine = getattr(args, "engine", None)
+    if engine is not None:
+        overrides.append(f"training.engine={'harness' if engine == 'both' else engine}")
+        overrides += ["validation.compare_engines=true"] if engine == "both" else []
     return load_config(args.config, overrides)
 
 
@@ -96,6 +100,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from harness.training import TrainingInterrupted, find_resume_checkpoint, prepare_output_dir
 
     config = _load_run_config(args)
+    if config.training.engine != "harness":
+        raise HarnessError(
+            f"training.engine: {config.training.engine} is for harness validate; harness train runs the harness loop"
+        )
     world = distributed.init_from_env()
 
     def say(*parts: Any, **kwargs: Any) -> None:
@@ -228,6 +236,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from harness.validation import validate
 
     config = _load_run_config(args)
+    under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if under_torchrun and (config.training.engine == "trl" or config.validation.compare_engines):
+        raise HarnessError("--engine trl/both: TRL's SFTTrainer is validated in one process; run without torchrun")
     world = distributed.init_from_env()
     if world.is_main:
         _announce_ignored(config)
@@ -359,6 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="run the success criteria and write a report")
     validate.add_argument("config", type=Path, nargs="?", help="run config (default: the embedded default)")
     _run_options(validate)
+    validate.add_argument(
+        "--engine",
+        choices=("harness", "trl", "both"),
+        help="train with the harness loop, TRL's SFTTrainer (pip install -e '.[trl]'), or both and compare "
+        "their per-step losses (default: the config's training.engine)",
+    )
     validate.add_argument("--out", help="report folder (default: <output_dir>/validate-<time>)")
     validate.add_argument("--overwrite", action="store_true", help="write into a --out folder that holds files")
     validate.set_defaults(handler=_cmd_validate)
@@ -436,6 +453,9 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*kernels.*")
+    # TRL's dataset preparation (--engine trl) and PEFT's offline look-up of the base's config.json.
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", message=".*(Unable to fetch remote file|Could not find a config file).*")
 
 
 if __name__ == "__main__":

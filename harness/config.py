@@ -113,6 +113,8 @@ class TrainingSection:
     dtype: str = _field("auto", _choice(*_DTYPES))
     device: str = _field("auto", _choice("auto", "cpu", "cuda"))
     compile: bool = _field(False, Rule("bool"))
+    # Which trainer ``harness validate`` judges: this project's loop or TRL's SFTTrainer (harness.engines.trl).
+    engine: str = _field("harness", _choice("harness", "trl"))
 
 
 @dataclass
@@ -136,6 +138,8 @@ class ValidationSection:
     generation: bool = _field(True, Rule("bool"))
     oracle: bool = _field(False, Rule("bool"))  # also train through transformers' Trainer and compare
     oracle_tolerance: float = _field(1e-5, Rule("float", "a number > 0", lambda v: v > 0))
+    compare_engines: bool = _field(False, Rule("bool"))  # also train through the other engine and compare
+    engines_tolerance: float = _field(1e-3, Rule("float", "a number > 0", lambda v: v > 0))
 
 
 @dataclass

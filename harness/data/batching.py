@@ -114,6 +114,20 @@ def length_grouped_order(lengths: list[int], batch_size: int, rng: random.Random
     return [index for batch in batches for index in batch]
 
 
+def epoch_order(
+    lengths: list[int], global_size: int, seed: int, epoch: int, *, group_by_length: bool = False, shuffle: bool = True
+) -> list[int]:
+    """The order in which an epoch visits its units (examples or packed rows): a function of (seed,
+    epoch) only. Other trainers driven through the harness's data (harness.engines) read it here."""
+    rng = random.Random(seed * 100_003 + epoch)
+    if group_by_length:
+        return length_grouped_order(lengths, global_size, rng)
+    order = list(range(len(lengths)))
+    if shuffle:
+        rng.shuffle(order)
+    return order
+
+
 def epoch_batches(
     examples: list[Example],
     *,
@@ -135,17 +149,14 @@ def epoch_batches(
     With ``world_size`` > 1 (data parallel), each global batch of ``batch_size x world_size`` rows is
     split evenly and this rank gets its share; a last global batch too small to give every rank a row
     is dropped, so all ranks take the same number of steps."""
-    rng = random.Random(seed * 100_003 + epoch)
     global_size = batch_size * world_size
     # Packed rows are built once, in data order, and shuffled as rows: every epoch then has the same
     # rows and so the same number of steps (packing a reshuffled order would change the count).
     units: list[Any] = pack_examples(examples, max_length) if packing else examples
-    if group_by_length and not packing:
-        order = length_grouped_order([len(e.input_ids) for e in examples], global_size, rng)
-    else:
-        order = list(range(len(units)))
-        if shuffle:
-            rng.shuffle(order)
+    lengths = [len(u.input_ids) for u in units]
+    order = epoch_order(
+        lengths, global_size, seed, epoch, group_by_length=group_by_length and not packing, shuffle=shuffle
+    )
     items = [units[i] for i in order]
     collate = collate_packed if packing else pad_batch
     batches = []
