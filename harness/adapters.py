@@ -159,32 +159,14 @@ def merge_adapter(peft_model: Any) -> Any:
 
 
 def dequantize_model(model: Any, dtype: torch.dtype = torch.float32) -> Any:
-    """Replace every bitsandbytes 4-bit linear layer with a plain ``nn.Linear`` holding its dequantized
-    weight, in place, and drop the quantization record so PEFT treats the model as unquantized."""
-    import bitsandbytes as bnb
-
-    if getattr(model, "is_loaded_in_8bit", False):
-        raise AdapterError("dequantize_model: 8-bit bases are not supported; load the base unquantized instead")
-    for module in list(model.modules()):
-        for child_name, child in list(module.named_children()):
-            if not isinstance(child, bnb.nn.Linear4bit):
-                continue
-            packed: Any = child.weight  # a bnb Params4bit: packed data plus its quant_state
-            weight = bnb.functional.dequantize_4bit(packed.data, packed.quant_state).to(dtype)
-            linear = torch.nn.Linear(
-                child.in_features, child.out_features, bias=child.bias is not None, device=weight.device, dtype=dtype
-            )
-            with torch.no_grad():
-                linear.weight.copy_(weight)
-                if child.bias is not None:
-                    linear.bias.copy_(child.bias.to(dtype))
-            setattr(module, child_name, linear)
-    for attribute in ("is_loaded_in_4bit", "is_quantized"):
+    """The 4- or 8-bit model with every bitsandbytes linear layer replaced by a plain ``nn.Linear``
+    holding bitsandbytes' dequantization of its weight, in place, by transformers' own
+    ``model.dequantize``; the quantization flags it leaves set are cleared so PEFT and
+    ``merge_adapter`` treat the model as unquantized."""
+    if getattr(model, "hf_quantizer", None) is None:
+        raise AdapterError("dequantize_model: the model was not loaded quantized (quantization.bits 4 or 8)")
+    model = model.dequantize(dtype=dtype)
+    for attribute in ("is_loaded_in_4bit", "is_loaded_in_8bit"):
         if hasattr(model, attribute):
             setattr(model, attribute, False)
-    model.hf_quantizer = None
-    if hasattr(model, "quantization_method"):
-        del model.quantization_method
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
     return model.to(dtype)

@@ -6,9 +6,11 @@ nothing else is caught, so real bugs still show their traceback. Exit codes:
   0    success (validate: every criterion passed)
   1    validate: a criterion failed (the report says which)
   2    bad input: config, dataset, checkpoint, model, output folder or command-line arguments
-  3    train: training itself failed (NaN/Inf loss or gradient, CUDA out of memory)
+  3    train: training itself failed (NaN/Inf loss or gradient, out of memory, checkpoint not writable)
   130  interrupted by SIGINT (Ctrl-C) after checkpointing; the last line is the command to resume
   143  interrupted by SIGTERM, likewise
+
+Under torchrun, a rank that fails makes every other rank exit at once with its code and message.
 """
 
 from __future__ import annotations
@@ -154,9 +156,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
         return 128 + stop.signum
     except TrainingError as exc:
-        # Raised by the loop itself (non-finite loss, out of memory), not by the input checks above,
-        # which exit 2 through main. Every rank says it: the failing one may not be rank 0.
+        # Raised by the loop itself (non-finite loss, out of memory, a checkpoint it cannot write),
+        # not by the input checks above, which exit 2 through main. The failing rank may not be rank 0.
         print(f"error: {exc}", file=sys.stderr)
+        _tell_other_ranks(str(exc), EXIT_TRAINING_FAILED)
         return EXIT_TRAINING_FAILED
     if world.is_main:
         export_adapter(run.model, output_dir)
@@ -437,7 +440,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        _tell_other_ranks(str(exc), EXIT_BAD_INPUT)
         return EXIT_BAD_INPUT
+    except Exception as exc:
+        _tell_other_ranks(f"{type(exc).__name__}: {exc}", 1)  # 1: Python's code for the traceback below
+        raise
+
+
+def _tell_other_ranks(message: str, code: int) -> None:
+    """Under torchrun, make the other ranks exit now with this rank's code instead of waiting in a
+    collective for it (a single process never imported ``harness.distributed``'s process group)."""
+    distributed = sys.modules.get("harness.distributed")
+    if distributed is not None:
+        distributed.report_failure(message, code)
 
 
 def _quiet_libraries() -> None:

@@ -356,12 +356,15 @@ class Trainer:
             batch_in_epoch,
             self.optimizer.state_dict(),
             self.scheduler.state_dict(),
-            _rng_state(),
+            {"per_rank": distributed.all_gather(_rng_state(), self.world)},
             self._plan_identity() | {"skipped": self.skipped},
         )
         directory = self.output_dir / f"{CHECKPOINT_PREFIX}{step:06d}"
         if self.world.is_main:
-            save_checkpoint(self.model, directory, state)
+            try:
+                save_checkpoint(self.model, directory, state)
+            except OSError as exc:  # a full disk or a lost mount: training cannot keep its promise to resume
+                raise TrainingError(f"step {step}: cannot write {directory}: {exc.strerror or exc}") from None
         distributed.barrier(self.world)
         return directory
 
@@ -393,7 +396,7 @@ class Trainer:
         load_weights_into(self.model, checkpoint_dir, expected_base=self.base_model_id)
         self.optimizer.load_state_dict(state.optimizer)
         self.scheduler.load_state_dict(state.scheduler)
-        _set_rng_state(state.rng)
+        _set_rng_state(state.rng["per_rank"][self.world.rank])  # same world size: checked above
         self.skipped = list(state.extra.get("skipped", []))
         return state
 
@@ -413,8 +416,10 @@ class Trainer:
             last_good = Path(resume_from)
             self._truncate_metrics(step)
         else:
-            torch.manual_seed(self.config.seed)
-            random.seed(self.config.seed)
+            # Each rank draws its own dropout masks, as one process with the global batch would
+            # draw different masks for different rows (the LoRA init was seeded alike on every rank).
+            torch.manual_seed(self.config.seed + self.world.rank)
+            random.seed(self.config.seed + self.world.rank)
         result = TrainResult(
             self.output_dir,
             [],
