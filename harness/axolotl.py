@@ -34,11 +34,14 @@ DIRECT: dict[str, str] = {
     "warmup_steps": "training.warmup_steps",
     "weight_decay": "training.weight_decay",
     "gradient_checkpointing": "training.gradient_checkpointing",
+    "attn_implementation": "model.attn_implementation",
     "logging_steps": "training.logging_steps",
     "save_steps": "training.save_steps",
     "eval_steps": "training.eval_steps",
     "max_grad_norm": "training.max_grad_norm",
 }
+# axolotl's boolean attention switches and the attn_implementation each one selects.
+ATTENTION_FLAGS = {"flash_attention": "flash_attention_2", "flex_attention": "flex_attention", "sdp_attention": "sdpa"}
 # Keys handled by a small converter below.
 CONVERTED = {
     "adapter",
@@ -50,6 +53,7 @@ CONVERTED = {
     "optimizer",
     "bnb_4bit_quant_type",
     "bnb_4bit_use_double_quant",
+    *ATTENTION_FLAGS,
 }
 # Keys that only say which files or tokenizer classes to use; they change nothing we run.
 HARMLESS = {
@@ -57,12 +61,10 @@ HARMLESS = {
     "model_type",
     "tokenizer_type",
     "strict",
-    "flash_attention",
     "bf16",
     "fp16",
     "tf32",
     "xformers_attention",
-    "sdp_attention",
     "dataset_prepared_path",
     "special_tokens",
 }
@@ -120,6 +122,9 @@ def from_axolotl(raw: Mapping[str, Any], source: str) -> tuple[dict[str, Any], l
         _put(nested, "quantization.quant_type", raw["bnb_4bit_quant_type"])
     if "bnb_4bit_use_double_quant" in raw:
         _put(nested, "quantization.double_quant", raw["bnb_4bit_use_double_quant"])
+    for flag, implementation in ATTENTION_FLAGS.items():
+        if raw.get(flag) is True and "attn_implementation" not in raw:
+            _put(nested, "model.attn_implementation", implementation)
     if raw.get("lora_target_linear"):
         _put(nested, "lora.target_modules", ["all-linear"])
 

@@ -49,6 +49,23 @@ _FRACTION = Rule("float", "a number in [0, 1]", lambda v: 0 <= v <= 1)
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+ATTENTION_IMPLEMENTATIONS = (
+    "sdpa",
+    "eager",
+    "flex_attention",
+    "flash_attention_2",
+    "flash_attention_3",
+    "torch_varlen",
+)
+
+
+@dataclass
+class ModelSection:
+    """How the base model runs (harness.attention says which kernel keeps packed rows fused)."""
+
+    attn_implementation: str = _field("sdpa", _choice(*ATTENTION_IMPLEMENTATIONS))
+
+
 @dataclass
 class LoraSection:
     r: int = _field(8, _POSITIVE_INT)
@@ -149,6 +166,7 @@ class RunConfig:
     output_dir: str = _field("./outputs/run", Rule("str", "a directory path", bool))
     seed: int = _field(42, Rule("int", "an integer >= 0", lambda v: v >= 0))
     allow_pickle: bool = _field(False, Rule("bool"))
+    model: ModelSection = field(default_factory=ModelSection)
     lora: LoraSection = field(default_factory=LoraSection)
     quantization: QuantizationSection = field(default_factory=QuantizationSection)
     dataset: DatasetSection = field(default_factory=DatasetSection)
@@ -175,6 +193,7 @@ class RunConfig:
 
 
 _SECTIONS: dict[str, type] = {
+    "model": ModelSection,
     "lora": LoraSection,
     "quantization": QuantizationSection,
     "dataset": DatasetSection,

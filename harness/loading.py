@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from harness.attention import TORCH_VARLEN, register_torch_varlen
 from harness.config import QuantizationSection
 from harness.errors import AdapterError, ConfigError, ModelResolutionError
 
@@ -100,11 +101,18 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     quantization: QuantizationSection | None = None,
     allow_pickle: bool = False,
+    attn_implementation: str = "sdpa",
 ) -> Any:
     """Load a causal LM from a snapshot; ``quantization`` loads it 4- or 8-bit for QLoRA. Pickle
-    weights (which can run code when unpickled) are refused unless ``allow_pickle``."""
+    weights (which can run code when unpickled) are refused unless ``allow_pickle``.
+    ``attn_implementation`` is a transformers name or ``torch_varlen`` (see harness.attention)."""
     model, _report = load_model_with_report(
-        snapshot, device=device, dtype=dtype, quantization=quantization, allow_pickle=allow_pickle
+        snapshot,
+        device=device,
+        dtype=dtype,
+        quantization=quantization,
+        allow_pickle=allow_pickle,
+        attn_implementation=attn_implementation,
     )
     return model
 
@@ -116,6 +124,7 @@ def load_model_with_report(
     dtype: torch.dtype = torch.float32,
     quantization: QuantizationSection | None = None,
     allow_pickle: bool = False,
+    attn_implementation: str = "sdpa",
 ) -> tuple[Any, LoadingReport]:
     """``load_model``, plus the loader's report of missing, unexpected and mismatched keys."""
     from transformers import AutoModelForCausalLM
@@ -133,10 +142,12 @@ def load_model_with_report(
             )
         use_safetensors = False
     device = torch.device(device)
+    if attn_implementation == TORCH_VARLEN:
+        register_torch_varlen()
     kwargs: dict[str, Any] = {
         "dtype": dtype,
         "use_safetensors": use_safetensors,
-        "attn_implementation": "sdpa",
+        "attn_implementation": attn_implementation,
         "trust_remote_code": False,
     }
     if quantization is not None:

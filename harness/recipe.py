@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from harness.adapters import AdapterSummary, build_adapter
+from harness.attention import check_attention
 from harness.config import RunConfig
 from harness.data.formatting import PreparedData, pad_token_id, prepare_data
 from harness.loading import (
@@ -54,6 +55,7 @@ class Run:
             dtype=self.dtype,
             quantization=quantization,
             allow_pickle=self.config.allow_pickle,
+            attn_implementation=self.config.model.attn_implementation,
         )
 
     def build(self) -> Any:
@@ -92,6 +94,7 @@ def prepare_run(config: RunConfig, *, with_data: bool = True) -> Run:
     device = pick_device(config.training.device)
     dtype = pick_dtype(config.training.dtype, device)
     check_training_precision(dtype, config.adapter)
+    check_attention(config.model.attn_implementation, device.type)
     run = Run(config, resolved, info, tokenizer, device, dtype)
     if with_data:
         run.data  # noqa: B018 - prepare the data now, before any weights load

@@ -272,6 +272,8 @@ def test_axolotl_tinyllama_packing_config_gives_equal_epochs_with_the_tiny_stand
         "100",
         "--set",
         "base_model=harness/tiny-random-llama",
+        "--set",
+        "model.attn_implementation=sdpa",  # the file's flash_attention: true needs CUDA and flash-attn
         "--out",
         str(tmp_path),
     )

@@ -48,6 +48,24 @@ def test_qlora_file_maps_quantization_and_warmup_steps():
     assert "optimizer paged_adamw_8bit (changed: runs as torch AdamW with fp32 states)" in config.ignored_keys
 
 
+@pytest.mark.parametrize(
+    ("text", "implementation"),
+    [
+        ("flash_attention: true\n", "flash_attention_2"),
+        ("flex_attention: true\n", "flex_attention"),
+        ("sdp_attention: true\n", "sdpa"),
+        ("flash_attention: false\n", "sdpa"),
+        ("flash_attention: true\nattn_implementation: eager\n", "eager"),
+    ],
+)
+def test_attention_switches_map_to_attn_implementation(tmp_path, text, implementation):
+    path = tmp_path / "a.yml"
+    path.write_text("lora_r: 8\n" + text)
+    config = load_config(path)
+    assert config.model.attn_implementation == implementation
+    assert not [key for key in config.ignored_keys if "attention" in key]
+
+
 def test_lora_on_a_4bit_base_is_qlora(tmp_path):
     path = tmp_path / "a.yml"
     path.write_text("base_model: x/y\nadapter: lora\nload_in_4bit: true\nlora_r: 8\n")

@@ -87,7 +87,7 @@ BAD_VALUES = [
     (
         "trainig: {epochs: 1}",
         "trainig: unknown key (did you mean 'training'?); allowed: base_model, adapter, "
-        "output_dir, seed, allow_pickle, lora, quantization, dataset, training, validation",
+        "output_dir, seed, allow_pickle, model, lora, quantization, dataset, training, validation",
     ),
     ("lora: {r: eight}", "lora.r: must be an integer, got str 'eight'"),
     ("lora: {r: 0}", "lora.r: must be an integer > 0, got 0"),
