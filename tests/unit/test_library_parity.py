@@ -1,16 +1,21 @@
 """Where harness relies on a library for a job, the result is the library's own: dequantized weights
-are bitsandbytes' dequantization, bit for bit."""
+are bitsandbytes' dequantization, bit for bit; the hub cache is read as huggingface_hub reads it."""
 
 from __future__ import annotations
+
+import json
 
 import bitsandbytes as bnb
 import pytest
 import torch
 
 from harness.adapters import dequantize_model
+from harness.bundled import TINY_RANDOM_LLAMA_CONFIG
+from harness.cli import main
 from harness.config import QuantizationSection
-from harness.errors import AdapterError
+from harness.errors import AdapterError, ModelResolutionError
 from harness.loading import load_model
+from harness.resolve import resolve_model
 
 
 def bnb_reference(module: torch.nn.Module) -> torch.Tensor:
@@ -39,3 +44,57 @@ def test_dequantized_weights_are_bitsandbytes_own_bit_for_bit(tiny_llama, bits):
 def test_dequantize_refuses_an_unquantized_model(tiny_llama):
     with pytest.raises(AdapterError, match=r"dequantize_model: the model was not loaded quantized"):
         dequantize_model(load_model(tiny_llama.path))
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """An empty offline hub cache as $HF_HOME/hub (and nothing in the user cache)."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return tmp_path / "hf_home" / "hub"
+
+
+def sharded_snapshot(hub, revision, shards_present, *, ref=True):
+    """A snapshot of org/model whose index names two shards, holding only ``shards_present``."""
+    repo = hub / "models--org--model"
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps(TINY_RANDOM_LLAMA_CONFIG))
+    names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    index = {"metadata": {}, "weight_map": {"model.embed_tokens.weight": names[0], "lm_head.weight": names[1]}}
+    (snapshot / "model.safetensors.index.json").write_text(json.dumps(index))
+    for name in names[:shards_present]:
+        (snapshot / name).write_bytes(b"")
+    if ref:
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / "main").write_text(revision)
+    return snapshot
+
+
+def test_a_sharded_snapshot_missing_a_shard_is_not_found(hub):
+    sharded_snapshot(hub, "partial", shards_present=1)
+    with pytest.raises(ModelResolutionError, match=r"org/model: not found; searched .*models--org--model"):
+        resolve_model("org/model")
+
+
+def test_a_sharded_snapshot_with_every_shard_is_found(hub):
+    snapshot = sharded_snapshot(hub, "complete", shards_present=2)
+    assert resolve_model("org/model").path == snapshot
+
+
+def test_a_partial_refs_main_snapshot_falls_back_to_the_newest_complete_one(hub):
+    older = sharded_snapshot(hub, "older", shards_present=2, ref=False)
+    sharded_snapshot(hub, "newer", shards_present=1)  # refs/main, interrupted download
+    resolved = resolve_model("org/model")
+    print(f"refs/main -> newer (1 of 2 shards); resolved: {resolved.path.name}")
+    assert resolved.path == older
+
+
+def test_an_invalid_hub_id_is_one_line_naming_the_rule(hub, capsys):
+    assert main(["fetch", "org/bad name"]) == 2
+    err = capsys.readouterr().err
+    print(err)
+    assert err.count("\n") == 1
+    assert err.startswith("error: org/bad name: not a valid hub model id (Repo id must use alphanumeric chars")
