@@ -4,6 +4,7 @@ are bitsandbytes' dequantization, bit for bit; the hub cache is read as huggingf
 from __future__ import annotations
 
 import json
+import random
 
 import bitsandbytes as bnb
 import pytest
@@ -13,6 +14,8 @@ from harness.adapters import dequantize_model
 from harness.bundled import TINY_RANDOM_LLAMA_CONFIG
 from harness.cli import main
 from harness.config import QuantizationSection
+from harness.data.batching import length_grouped_order, pad_batch
+from harness.data.formatting import IGNORE_INDEX, Example
 from harness.errors import AdapterError, ModelResolutionError
 from harness.loading import load_model
 from harness.resolve import resolve_model
@@ -98,3 +101,33 @@ def test_an_invalid_hub_id_is_one_line_naming_the_rule(hub, capsys):
     print(err)
     assert err.count("\n") == 1
     assert err.startswith("error: org/bad name: not a valid hub model id (Repo id must use alphanumeric chars")
+
+
+def test_length_grouping_is_transformers_length_grouped_sampler():
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    lengths = [random.Random(i).randint(5, 300) for i in range(1000)]
+    ours = length_grouped_order(lengths, batch_size=4, rng=random.Random(7))
+    seed = random.Random(7).getrandbits(63)  # the generator seed length_grouped_order draws from its rng
+    theirs = list(LengthGroupedSampler(4, lengths=lengths, generator=torch.Generator().manual_seed(seed)))
+    print(f"first batch lengths: ours {[lengths[i] for i in ours[:4]]}, sampler {[lengths[i] for i in theirs[:4]]}")
+    assert ours == theirs
+    assert lengths[ours[0]] == max(lengths)  # the sampler's longest-first rule
+
+
+def test_padding_to_a_multiple_equals_transformers_seq2seq_collator():
+    from tokenizers import Tokenizer, models
+    from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<pad>": 0}, "<pad>")))
+    tokenizer.pad_token = "<pad>"
+    examples = [Example(list(range(1, n + 1)), [IGNORE_INDEX] * 2 + list(range(3, n + 1))) for n in (5, 11, 3)]
+    ours = pad_batch(examples, pad_id=0, pad_to_multiple_of=8).inputs
+    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, pad_to_multiple_of=8, label_pad_token_id=IGNORE_INDEX)
+    features = [
+        {"input_ids": e.input_ids, "attention_mask": [1] * len(e.input_ids), "labels": e.labels} for e in examples
+    ]
+    theirs = collator(features)
+    print(f"padded width: ours {ours['input_ids'].shape[1]}, collator {theirs['input_ids'].shape[1]}")
+    for key in ("input_ids", "attention_mask", "labels"):
+        assert torch.equal(ours[key], theirs[key].to(ours[key].dtype)), key
