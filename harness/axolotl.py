@@ -37,6 +37,8 @@ DIRECT: dict[str, str] = {
     "logging_steps": "training.logging_steps",
     "save_steps": "training.save_steps",
     "eval_steps": "training.eval_steps",
+    "saves_per_epoch": "training.saves_per_epoch",
+    "evals_per_epoch": "training.evals_per_epoch",
     "max_grad_norm": "training.max_grad_norm",
 }
 # Keys handled by a small converter below.
@@ -50,6 +52,7 @@ CONVERTED = {
     "optimizer",
     "bnb_4bit_quant_type",
     "bnb_4bit_use_double_quant",
+    "special_tokens",
 }
 # Keys that only say which files or tokenizer classes to use; they change nothing we run.
 HARMLESS = {
@@ -64,7 +67,6 @@ HARMLESS = {
     "xformers_attention",
     "sdp_attention",
     "dataset_prepared_path",
-    "special_tokens",
 }
 # Flat keys that only an axolotl file has: their presence marks the file as axolotl-style.
 MARKERS = {
@@ -122,6 +124,11 @@ def from_axolotl(raw: Mapping[str, Any], source: str) -> tuple[dict[str, Any], l
         _put(nested, "quantization.double_quant", raw["bnb_4bit_use_double_quant"])
     if raw.get("lora_target_linear"):
         _put(nested, "lora.target_modules", ["all-linear"])
+    special = raw.get("special_tokens")
+    if isinstance(special, Mapping):
+        if "pad_token" in special:
+            _put(nested, "dataset.pad_token", special["pad_token"])
+        ignored.extend(f"special_tokens.{key} (not supported)" for key in special if key != "pad_token")
 
     datasets = raw.get("datasets")
     if datasets is not None:
