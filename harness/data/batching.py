@@ -100,18 +100,15 @@ def collate_packed(rows: list[PackedRow], pad_id: int, pad_to_multiple_of: int |
     )
 
 
-def length_grouped_order(lengths: list[int], batch_size: int, rng: random.Random, mega_batches: int = 50) -> list[int]:
-    """Shuffle, then sort by length inside windows of ``batch_size * mega_batches`` so a batch holds
-    similar lengths (less padding) while the order stays random across windows."""
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    window = batch_size * mega_batches
-    grouped: list[int] = []
-    for start in range(0, len(order), window):
-        grouped.extend(sorted(order[start : start + window], key=lambda i: -lengths[i]))
-    batches = [grouped[i : i + batch_size] for i in range(0, len(grouped), batch_size)]
-    rng.shuffle(batches)
-    return [index for batch in batches for index in batch]
+def length_grouped_order(lengths: list[int], batch_size: int, rng: random.Random) -> list[int]:
+    """The order transformers' ``LengthGroupedSampler`` (the HF Trainer's ``group_by_length``) gives:
+    a random permutation sorted by length inside mega-batches of up to 50 batches, so a batch holds
+    similar lengths (less padding), the longest batch first (an out-of-memory shows at once). Its
+    torch generator is seeded from ``rng``, so the order still depends only on (seed, epoch)."""
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    generator = torch.Generator().manual_seed(rng.getrandbits(63))
+    return list(get_length_grouped_indices(lengths, batch_size, generator=generator))
 
 
 def epoch_order(

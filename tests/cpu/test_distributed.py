@@ -159,24 +159,22 @@ sys.exit(main(["train", sys.argv[1], "--set", "training.max_steps=4", "--set", "
 """
 
 
-def launch_two_ranks_failing(tmp_path: Path, fault: str) -> list[tuple[int, float, str]]:
-    """Both ranks started as torchrun would start them (own exit codes, no agent to kill the other):
-    per rank its exit code, seconds from the injected fault to its exit, and its stderr."""
+def two_ranks(*command: str) -> list[tuple[int, float, str]]:
+    """Run ``command`` as ranks 0 and 1 of a gloo group, started as torchrun starts them but without
+    its agent (which would stop one rank when the other fails): per rank its exit code, the time it
+    ended and its stderr."""
     import socket
     import time
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = write_config(tmp_path / fault, batch=2)
-    fault_file = tmp_path / f"{fault}.time"
     ranks = []
     for rank in (0, 1):
         env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
         env.update(MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
-        command = [sys.executable, "-c", FAULT, str(config), fault, str(fault_file)]
         ranks.append(
-            subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         )
     ended: dict[int, float] = {}
     deadline = time.time() + 120
@@ -191,12 +189,21 @@ def launch_two_ranks_failing(tmp_path: Path, fault: str) -> list[tuple[int, floa
     for rank, process in enumerate(ranks):
         stderr = process.communicate()[1]
         assert rank in ended, f"rank {rank} still running 120 s after the start: {stderr[-2000:]}"
-        outcomes.append((process.returncode, ended[rank] - float(fault_file.read_text()), stderr))
+        outcomes.append((process.returncode, ended[rank], stderr))
+    return outcomes
+
+
+def launch_two_ranks_failing(tmp_path: Path, fault: str) -> list[tuple[int, float, str]]:
+    """Per rank its exit code, seconds from the injected fault to its exit, and its stderr."""
+    config = write_config(tmp_path / fault, batch=2)
+    fault_file = tmp_path / f"{fault}.time"
+    outcomes = two_ranks(sys.executable, "-c", FAULT, str(config), fault, str(fault_file))
+    faulted = float(fault_file.read_text())
     timings = [
-        f"rank {rank} exit {code} {seconds:.2f} s after the fault" for rank, (code, seconds, _) in enumerate(outcomes)
+        f"rank {rank} exit {code} {end - faulted:.2f} s after the fault" for rank, (code, end, _) in enumerate(outcomes)
     ]
     print(f"{fault}: " + ", ".join(timings))
-    return outcomes
+    return [(code, end - faulted, stderr) for code, end, stderr in outcomes]
 
 
 def test_a_rank_out_of_memory_stops_every_rank_at_once_with_its_code(tmp_path, tiny_ready):
@@ -223,15 +230,17 @@ def test_ranks_draw_their_own_dropout_and_resume_restores_each_ranks_generator(t
 
     dropout = ["--set", "lora.dropout=0.1", "--set", "training.max_steps=4", "--set", "training.save_steps=2"]
     straight = write_config(tmp_path / "straight", batch=2)
-    done = run(torchrun("-m", "harness", "train", str(straight), *dropout), ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
+    for code, _, stderr in two_ranks(sys.executable, "-m", "harness", "train", str(straight), *dropout):
+        assert code == 0, stderr[-3000:]
     checkpoint = tmp_path / "straight" / "out" / "checkpoint-000002"
     rng = torch.load(checkpoint / "training_state.pt", weights_only=True)["rng"]["per_rank"]
     assert len(rng) == 2 and not torch.equal(rng[0]["torch"], rng[1]["torch"]), "ranks share one dropout stream"
     resumed = write_config(tmp_path / "resumed", batch=2)
     copy = shutil.copytree(checkpoint, tmp_path / "resumed" / "out" / checkpoint.name)
-    done = run(torchrun("-m", "harness", "train", str(resumed), *dropout, "--resume", str(copy)), ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
+    for code, _, stderr in two_ranks(
+        sys.executable, "-m", "harness", "train", str(resumed), *dropout, "--resume", str(copy)
+    ):
+        assert code == 0, stderr[-3000:]
     whole, tail = losses(tmp_path / "straight" / "out"), losses(tmp_path / "resumed" / "out")
     print(f"losses straight: {whole}\nlosses resumed at step 2: {tail}")
     assert tail == whole[2:]
