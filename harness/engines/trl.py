@@ -175,7 +175,9 @@ def _trainer_class() -> type:
             self.trainer.step_tokens = 0
 
         def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            grads = [p.grad for p in self.trainer.model.parameters() if p.requires_grad and p.grad is not None]
+            # In float32: TRL trains QLoRA adapters in bfloat16, whose own norm would be off by up to 2^-8.
+            params = self.trainer.model.parameters()
+            grads = [p.grad.float() for p in params if p.requires_grad and p.grad is not None]
             self.clipped = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -134,7 +134,7 @@ def by_id(outcome):
     return {c.id: c for c in outcome.criteria}
 
 
-def test_validation_through_trl_and_both_engines_passes_on_the_tiny_model(tmp_path):
+def test_both_engines_agree_in_a_tiny_validation(tmp_path):
     outcome = validate(load_config(None, [*FAST, "validation.compare_engines=true"]), tmp_path)
     got = by_id(outcome)
     for c in outcome.criteria:
