@@ -149,6 +149,6 @@ def preflight(config: RunConfig, free_gib: float) -> dict[str, Any]:
         else "no single lever fits; use a larger GPU or combine the levers `harness probe --gpu-gib` lists"
     )
     raise ConfigError(
-        f"{config.source}: PREDICTED peak {prediction.peak_gib:.2f} GiB exceeds the {free_gib:.2f} GiB free on "
+        f"{config.source}: PREDICTED peak {prediction.peak_gib:.3g} GiB exceeds the {free_gib:.3g} GiB free on "
         f"the GPU; {hint}"
     )

@@ -167,3 +167,22 @@ def test_shipped_configs_are_the_published_shapes() -> None:
 
 def test_the_document_tables_have_every_row() -> None:
     assert len(ROWS) == 15 and sum(r.model.endswith("SmolLM2-135M") for r in ROWS) == 5
+
+
+@pytest.mark.parametrize("command", ["train", "validate"])
+def test_cli_preflight_on_a_faked_cuda_device_stops_before_loading(
+    command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """train/validate on a (faked) CUDA device with 1 KiB free: exit 2, one line, no weights loaded."""
+    import harness.loading
+    import harness.recipe
+
+    monkeypatch.setattr(harness.loading, "pick_device", lambda preference="auto": torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1024, 80 * 2**30))
+    monkeypatch.setattr(harness.recipe, "prepare_run", lambda *a, **k: pytest.fail("weights were loaded"))
+    path = tmp_path / "tiny.yaml"
+    path.write_text(f"base_model: {TINY}\noutput_dir: {tmp_path / 'out'}\ndataset:\n  max_length: 32\n")
+    assert main([command, str(path)]) == 2
+    err = capsys.readouterr().err
+    print(err)
+    assert err.startswith("error: ") and "GiB exceeds the 9.54e-07 GiB free on the GPU" in err and err.count("\n") == 1
