@@ -94,6 +94,32 @@ def _load_run_config(args: argparse.Namespace) -> Any:
     return load_config(args.config, overrides)
 
 
+def _cmd_probe(args: argparse.Namespace) -> int:
+    import json
+
+    from harness.config import load_config
+    from harness.memory.probe import check_gpu_gib, format_probe, probe
+
+    check_gpu_gib(args.gpu_gib)
+    result = probe(load_config(args.config, args.set), args.gpu_gib)
+    print(json.dumps(result, indent=2) if args.json else format_probe(result))
+    return 0
+
+
+def _preflight(config: Any) -> None:
+    """On CUDA, predict the peak before any weights load; refuse (exit 2) what cannot fit."""
+    import torch
+
+    from harness.loading import pick_device
+
+    if pick_device(config.training.device).type != "cuda":
+        return
+    from harness.memory.probe import preflight
+
+    result = preflight(config, torch.cuda.mem_get_info()[0] / 2**30)
+    print(f"memory: PREDICTED peak {result['predicted_peak_gib']:.2f} GiB of {result['free_gib']:.2f} GiB free")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     """Fine-tune; under torchrun every rank runs this, and rank 0 alone prints and writes."""
     from harness import distributed
@@ -106,6 +132,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise HarnessError(
             f"training.engine: {config.training.engine} is for harness validate; harness train runs the harness loop"
         )
+    _preflight(config)
     world = distributed.init_from_env()
 
     def say(*parts: Any, **kwargs: Any) -> None:
@@ -242,6 +269,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if under_torchrun and (config.training.engine == "trl" or config.validation.compare_engines):
         raise HarnessError("--engine trl/both: TRL's SFTTrainer is validated in one process; run without torchrun")
+    _preflight(config)
     world = distributed.init_from_env()
     if world.is_main:
         _announce_ignored(config)
@@ -369,6 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--overwrite", action="store_true", help="replace a previous run in output_dir")
     train.set_defaults(handler=_cmd_train)
+
+    probe = commands.add_parser("probe", help="predict a run's peak GPU memory on this machine (no GPU, no weights)")
+    probe.add_argument("config", type=Path)
+    probe.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
+    probe.add_argument("--json", action="store_true", help="print one JSON object")
+    probe.add_argument("--gpu-gib", type=float, metavar="N", help="also say whether it fits in N GiB, and how")
+    probe.set_defaults(handler=_cmd_probe)
 
     validate = commands.add_parser("validate", help="run the success criteria and write a report")
     validate.add_argument("config", type=Path, nargs="?", help="run config (default: the embedded default)")
