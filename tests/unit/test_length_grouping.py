@@ -33,16 +33,6 @@ def test_grouping_pairs_the_longest_first_so_the_short_remainder_stands_alone():
     assert sorted(batches) == [[10], [20, 30], [40, 50], [60, 70]]
 
 
-def test_grouping_windows_hold_fifty_batches():
-    """Windows of batch_size x 50 (transformers' cap): with 101 examples in batches of 2, the last
-    shuffled example is a window of its own, so the lone example is not simply the shortest."""
-    lengths = list(range(5, 106))
-    batches = grouped_batches(lengths, batch_size=2)
-    lone = [b for b in batches if len(b) == 1]
-    print(lone)
-    assert len(lone) == 1 and lone[0] != [5]
-
-
 def test_packed_prefix_counts_one_token_examples():
     examples = examples_of_lengths([1, 4, 1, 6, 1])
     assert packed_prefix(examples, max_length=8, rows=1) == 3  # [1, 4, 1] fill the first row of 8
