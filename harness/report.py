@@ -135,6 +135,8 @@ def markdown(report: dict[str, Any], outcome: ValidationOutcome) -> str:
             f"- training: {facts['plan']['total_steps']} steps in {facts['training_seconds']:.0f} s, "
             f"{t['tokens_per_s']:.0f} tokens/s"
         )
+    if "reference_losses" in facts:
+        lines.append(f"- reference losses: {facts['reference_losses']}")
     if "step_cap" in facts:
         lines.append(f"- step cap: {facts['step_cap']}")
     lines += ["", "## Criteria", "", criteria_table(outcome), ""]

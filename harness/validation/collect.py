@@ -29,6 +29,7 @@ from harness.errors import ConfigError, HarnessError
 from harness.generation import generate_ids
 from harness.model_info import target_dims
 from harness.recipe import Run, prepare_run
+from harness.reference import reference_verdict
 from harness.training import TrainResult
 from harness.validation.evidence import (
     AdapterEvidence,
@@ -383,6 +384,7 @@ class EvidenceRun:
             "tokens_per_s": tokens / max(1e-9, sum(r.seconds for r in history)),
         }
         self.evidence.facts["evals"] = result.evals
+        self.evidence.facts["reference_losses"] = reference_verdict(self.config, [r.loss for r in history])
         training = self.config.training
         self.evidence.training = TrainingEvidence(
             steps=[

@@ -6,6 +6,7 @@ that a plausible slip (a flipped flag, an off-by-one, a dropped argument) would 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -98,10 +99,27 @@ def test_template_that_does_not_render_prefixes_incrementally_is_refused():
     assert str(caught.value) == "dataset.type: the chat template does not render conversations incrementally"
 
 
-def test_conversation_without_chat_template_is_refused(tiny_tokenizer):
+@pytest.mark.parametrize("tokenizer", [ListTokenizer(None), object()], ids=["template None", "no template attribute"])
+def test_conversation_without_chat_template_is_refused(tokenizer):
     with pytest.raises(DataError) as caught:
-        prompt_ids(CONVERSATION, ListTokenizer(None))
+        prompt_ids(CONVERSATION, tokenizer)
     assert str(caught.value) == "dataset.type: conversation data needs a tokenizer with a chat template"
+
+
+def test_generation_prompt_that_rewrites_earlier_turns_is_not_a_segment():
+    """A template whose generation prompt does not extend the rendered history: the answer's tokens are
+    still the targets, taken from the incremental full renderings."""
+
+    def template(turns, generation):
+        return ("<gen>" if generation else "") + "".join(f"[{t['role']}]{t['content']}" for t in turns)
+
+    example = tokenize_record(CONVERSATION, ListTokenizer(template), max_length=512)
+    targets = "".join(chr(t) for t in example.labels if t != IGNORE_INDEX)
+    assert (
+        "".join(map(chr, example.input_ids))
+        == "[system]Be brief.[user]Hi there[assistant]Hello![user]Bye[assistant]Ciao"
+    )
+    assert targets == "[assistant]Hello![assistant]Ciao"
 
 
 def test_row_exactly_at_max_length_is_not_truncated(tiny_tokenizer):
@@ -148,6 +166,15 @@ def test_prepare_data_counts_what_it_read_kept_cut_and_dropped(tmp_path, tiny_to
     for record, example in zip(data.held_out, data.validation, strict=True):  # same rows, same order
         targets = tiny_tokenizer.decode([t for t in example.labels if t != IGNORE_INDEX])
         assert (reference_answer(record) + "</s>").startswith(targets)
+    assert data.stats.to_dict() == {
+        "rows_read": 9,
+        "dropped": dict(data.stats.dropped),
+        "truncated": 1,
+        "tokens": data.stats.tokens,
+        "target_tokens": data.stats.target_tokens,
+    }
+    again = prepare_data(section, tiny_tokenizer, seed=3)
+    assert [r.instruction for r in again.held_out] == [r.instruction for r in data.held_out]
     other = prepare_data(section, tiny_tokenizer, seed=4)
     assert [r.instruction for r in other.held_out] != [r.instruction for r in data.held_out]
 
@@ -174,11 +201,11 @@ def test_train_on_inputs_reaches_every_example(tmp_path, tiny_tokenizer):
 
 
 def test_nothing_left_after_tokenization_names_the_file_and_the_reasons(tmp_path, tiny_tokenizer):
-    path = write_rows(tmp_path / "d.jsonl", [{"instruction": "long " * 100, "output": "x"}])
+    path = write_rows(tmp_path / "d.jsonl", [{"instruction": "long " * 100, "output": "x"}] * 2)
     with pytest.raises(DataError) as caught:
         prepare_data(DatasetSection(path=path, max_length=50, train_split=1.0), tiny_tokenizer, seed=0)
     assert str(caught.value) == (
-        f"{path}: no training example left after tokenization (dropped: {{'response cut to nothing by max_length': 1}})"
+        f"{path}: no training example left after tokenization (dropped: {{'response cut to nothing by max_length': 2}})"
     )
 
 
@@ -190,7 +217,11 @@ def test_builtin_tasks_follow_count_split_families_and_seed(tiny_tokenizer):
     assert data.source == BUILTIN_TASKS
     assert (data.stats.rows_read, len(data.train), len(data.held_out), len(data.validation)) == (20, 16, 4, 4)
     assert all("reverse" in r.instruction.lower() for r in data.held_out)
+    again = prepare_data(section, tiny_tokenizer, seed=0)
+    assert [r.input for r in again.held_out] == [r.input for r in data.held_out]
     other = prepare_data(section, tiny_tokenizer, seed=1)
     assert [r.input for r in other.held_out] != [r.input for r in data.held_out]
+    everything = prepare_data(dataclasses.replace(section, train_split=1.0), tiny_tokenizer, seed=0)
+    assert (len(everything.train), len(everything.held_out)) == (20, 0)
     default = prepare_data(DatasetSection(path=BUILTIN_TASKS, train_split=0.9, max_length=1024), tiny_tokenizer, seed=0)
     assert default.stats.rows_read == 1000 and len(default.held_out) == 100
