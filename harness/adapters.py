@@ -74,6 +74,22 @@ def _prepare_quantized(model: Any, gradient_checkpointing: bool) -> None:
         model.enable_input_require_grads()
 
 
+def lora_config(config: RunConfig, targets: list[str]) -> Any:
+    """The ``peft.LoraConfig`` of ``config.lora`` on the resolved ``targets``: what the harness wraps the
+    model with, and what TRL's SFTTrainer gets as ``peft_config`` (harness.engines.trl)."""
+    from peft import LoraConfig
+
+    alpha = config.lora.alpha
+    return LoraConfig(
+        r=config.lora.r,
+        lora_alpha=int(alpha) if alpha.is_integer() else alpha,  # type: ignore[arg-type]
+        lora_dropout=config.lora.dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
+
+
 def build_adapter(
     model: Any, config: RunConfig, info: ModelInfo, base_model_id: str | None = None
 ) -> tuple[Any, AdapterSummary]:
@@ -88,7 +104,7 @@ def build_adapter(
         count = sum(p.numel() for p in model.parameters())
         return model, AdapterSummary("full fine-tune", (), 0, count, count)
 
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     if config.adapter == "qlora":
         if not getattr(model, "is_loaded_in_4bit", False) and not getattr(model, "is_loaded_in_8bit", False):
@@ -97,16 +113,7 @@ def build_adapter(
             )
         _prepare_quantized(model, checkpointing)
     targets = resolve_targets(model, config.lora.target_modules)
-    alpha = config.lora.alpha
-    lora_config = LoraConfig(
-        r=config.lora.r,
-        lora_alpha=int(alpha) if alpha.is_integer() else alpha,  # type: ignore[arg-type]
-        lora_dropout=config.lora.dropout,
-        target_modules=targets,
-        task_type="CAUSAL_LM",
-        bias="none",
-    )
-    peft_model = get_peft_model(model, lora_config)
+    peft_model = get_peft_model(model, lora_config(config, targets))
     if base_model_id:
         peft_model.peft_config["default"].base_model_name_or_path = base_model_id
     layers = check_lora_shapes(peft_model, info, config.lora.r)
@@ -152,32 +159,14 @@ def merge_adapter(peft_model: Any) -> Any:
 
 
 def dequantize_model(model: Any, dtype: torch.dtype = torch.float32) -> Any:
-    """Replace every bitsandbytes 4-bit linear layer with a plain ``nn.Linear`` holding its dequantized
-    weight, in place, and drop the quantization record so PEFT treats the model as unquantized."""
-    import bitsandbytes as bnb
-
-    if getattr(model, "is_loaded_in_8bit", False):
-        raise AdapterError("dequantize_model: 8-bit bases are not supported; load the base unquantized instead")
-    for module in list(model.modules()):
-        for child_name, child in list(module.named_children()):
-            if not isinstance(child, bnb.nn.Linear4bit):
-                continue
-            packed: Any = child.weight  # a bnb Params4bit: packed data plus its quant_state
-            weight = bnb.functional.dequantize_4bit(packed.data, packed.quant_state).to(dtype)
-            linear = torch.nn.Linear(
-                child.in_features, child.out_features, bias=child.bias is not None, device=weight.device, dtype=dtype
-            )
-            with torch.no_grad():
-                linear.weight.copy_(weight)
-                if child.bias is not None:
-                    linear.bias.copy_(child.bias.to(dtype))
-            setattr(module, child_name, linear)
-    for attribute in ("is_loaded_in_4bit", "is_quantized"):
+    """The 4- or 8-bit model with every bitsandbytes linear layer replaced by a plain ``nn.Linear``
+    holding bitsandbytes' dequantization of its weight, in place, by transformers' own
+    ``model.dequantize``; the quantization flags it leaves set are cleared so PEFT and
+    ``merge_adapter`` treat the model as unquantized."""
+    if getattr(model, "hf_quantizer", None) is None:
+        raise AdapterError("dequantize_model: the model was not loaded quantized (quantization.bits 4 or 8)")
+    model = model.dequantize(dtype=dtype)
+    for attribute in ("is_loaded_in_4bit", "is_loaded_in_8bit"):
         if hasattr(model, attribute):
             setattr(model, attribute, False)
-    model.hf_quantizer = None
-    if hasattr(model, "quantization_method"):
-        del model.quantization_method
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
     return model.to(dtype)

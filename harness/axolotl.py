@@ -38,6 +38,8 @@ DIRECT: dict[str, str] = {
     "logging_steps": "training.logging_steps",
     "save_steps": "training.save_steps",
     "eval_steps": "training.eval_steps",
+    "saves_per_epoch": "training.saves_per_epoch",
+    "evals_per_epoch": "training.evals_per_epoch",
     "max_grad_norm": "training.max_grad_norm",
 }
 # axolotl's boolean attention switches and the attn_implementation each one selects.
@@ -54,6 +56,7 @@ CONVERTED = {
     "bnb_4bit_quant_type",
     "bnb_4bit_use_double_quant",
     *ATTENTION_FLAGS,
+    "special_tokens",
 }
 # Keys that only say which files or tokenizer classes to use; they change nothing we run.
 HARMLESS = {
@@ -66,7 +69,6 @@ HARMLESS = {
     "tf32",
     "xformers_attention",
     "dataset_prepared_path",
-    "special_tokens",
 }
 # Flat keys that only an axolotl file has: their presence marks the file as axolotl-style.
 MARKERS = {
@@ -127,6 +129,11 @@ def from_axolotl(raw: Mapping[str, Any], source: str) -> tuple[dict[str, Any], l
             _put(nested, "model.attn_implementation", implementation)
     if raw.get("lora_target_linear"):
         _put(nested, "lora.target_modules", ["all-linear"])
+    special = raw.get("special_tokens")
+    if isinstance(special, Mapping):
+        if "pad_token" in special:
+            _put(nested, "dataset.pad_token", special["pad_token"])
+        ignored.extend(f"special_tokens.{key} (not supported)" for key in special if key != "pad_token")
 
     datasets = raw.get("datasets")
     if datasets is not None:

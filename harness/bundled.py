@@ -67,12 +67,16 @@ _CHAT_TEMPLATE = (
 
 def byte_level_tokenizer() -> Any:
     """A Llama-2-convention tokenizer (BOS ``<s>`` prepended, EOS ``</s>``, no pad token) over raw
-    bytes: 3 special tokens + 256 byte symbols, so any text round-trips and the vocab stays tiny."""
+    bytes: 3 special tokens + 256 byte symbols, so any text round-trips and the vocab stays tiny.
+
+    The byte symbols are sorted: ``ByteLevel.alphabet()`` comes out of a hash set in a different order
+    in every process, which gave every fresh snapshot its own token ids (and recorded losses that no
+    other machine reproduced)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<unk>", "<s>", "</s>"]
-    vocab = {token: index for index, token in enumerate(specials + pre_tokenizers.ByteLevel.alphabet())}
+    vocab = {token: index for index, token in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -95,7 +99,8 @@ class RandomInitBundle:
 
     @property
     def revision(self) -> str:
-        return f"harness-random-init-seed{self.seed}"
+        # "sorted-bytes": snapshots written before the byte vocab was sorted are not reused.
+        return f"harness-random-init-seed{self.seed}-sorted-bytes"
 
     def materialize(self, target: Path) -> None:
         import torch

@@ -6,9 +6,11 @@ nothing else is caught, so real bugs still show their traceback. Exit codes:
   0    success (validate: every criterion passed)
   1    validate: a criterion failed (the report says which)
   2    bad input: config, dataset, checkpoint, model, output folder or command-line arguments
-  3    train: training itself failed (NaN/Inf loss or gradient, CUDA out of memory)
+  3    train: training itself failed (NaN/Inf loss or gradient, out of memory, checkpoint not writable)
   130  interrupted by SIGINT (Ctrl-C) after checkpointing; the last line is the command to resume
   143  interrupted by SIGTERM, likewise
+
+Under torchrun, a rank that fails makes every other rank exit at once with its code and message.
 """
 
 from __future__ import annotations
@@ -85,7 +87,37 @@ def _load_run_config(args: argparse.Namespace) -> Any:
         overrides.append("allow_pickle=true")
     if getattr(args, "skip_nonfinite", None) is not None:
         overrides.append(f"training.skip_nonfinite={args.skip_nonfinite}")
+    engine = getattr(args, "engine", None)
+    if engine is not None:
+        overrides.append(f"training.engine={'harness' if engine == 'both' else engine}")
+        overrides += ["validation.compare_engines=true"] if engine == "both" else []
     return load_config(args.config, overrides)
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    import json
+
+    from harness.config import load_config
+    from harness.memory.probe import check_gpu_gib, format_probe, probe
+
+    check_gpu_gib(args.gpu_gib)
+    result = probe(load_config(args.config, args.set), args.gpu_gib)
+    print(json.dumps(result, indent=2) if args.json else format_probe(result))
+    return 0
+
+
+def _preflight(config: Any) -> None:
+    """On CUDA, predict the peak before any weights load; refuse (exit 2) what cannot fit."""
+    import torch
+
+    from harness.loading import pick_device
+
+    if pick_device(config.training.device).type != "cuda":
+        return
+    from harness.memory.probe import preflight
+
+    result = preflight(config, torch.cuda.mem_get_info()[0] / 2**30)
+    print(f"memory: PREDICTED peak {result['predicted_peak_gib']:.2f} GiB of {result['free_gib']:.2f} GiB free")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -96,6 +128,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from harness.training import TrainingInterrupted, find_resume_checkpoint, prepare_output_dir
 
     config = _load_run_config(args)
+    if config.training.engine != "harness":
+        raise HarnessError(
+            f"training.engine: {config.training.engine} is for harness validate; harness train runs the harness loop"
+        )
+    _preflight(config)
     world = distributed.init_from_env()
 
     def say(*parts: Any, **kwargs: Any) -> None:
@@ -146,9 +183,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
         return 128 + stop.signum
     except TrainingError as exc:
-        # Raised by the loop itself (non-finite loss, out of memory), not by the input checks above,
-        # which exit 2 through main. Every rank says it: the failing one may not be rank 0.
+        # Raised by the loop itself (non-finite loss, out of memory, a checkpoint it cannot write),
+        # not by the input checks above, which exit 2 through main. The failing rank may not be rank 0.
         print(f"error: {exc}", file=sys.stderr)
+        _tell_other_ranks(str(exc), EXIT_TRAINING_FAILED)
         return EXIT_TRAINING_FAILED
     if world.is_main:
         export_adapter(run.model, output_dir)
@@ -228,6 +266,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from harness.validation import validate
 
     config = _load_run_config(args)
+    under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if under_torchrun and (config.training.engine == "trl" or config.validation.compare_engines):
+        raise HarnessError("--engine trl/both: TRL's SFTTrainer is validated in one process; run without torchrun")
+    _preflight(config)
     world = distributed.init_from_env()
     if world.is_main:
         _announce_ignored(config)
@@ -356,9 +398,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace a previous run in output_dir")
     train.set_defaults(handler=_cmd_train)
 
+    probe = commands.add_parser("probe", help="predict a run's peak GPU memory on this machine (no GPU, no weights)")
+    probe.add_argument("config", type=Path)
+    probe.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
+    probe.add_argument("--json", action="store_true", help="print one JSON object")
+    probe.add_argument("--gpu-gib", type=float, metavar="N", help="also say whether it fits in N GiB, and how")
+    probe.set_defaults(handler=_cmd_probe)
+
     validate = commands.add_parser("validate", help="run the success criteria and write a report")
     validate.add_argument("config", type=Path, nargs="?", help="run config (default: the embedded default)")
     _run_options(validate)
+    validate.add_argument(
+        "--engine",
+        choices=("harness", "trl", "both"),
+        help="train with the harness loop, TRL's SFTTrainer (pip install -e '.[trl]'), or both and compare "
+        "their per-step losses (default: the config's training.engine)",
+    )
     validate.add_argument("--out", help="report folder (default: <output_dir>/validate-<time>)")
     validate.add_argument("--overwrite", action="store_true", help="write into a --out folder that holds files")
     validate.set_defaults(handler=_cmd_validate)
@@ -420,7 +475,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        _tell_other_ranks(str(exc), EXIT_BAD_INPUT)
         return EXIT_BAD_INPUT
+    except Exception as exc:
+        _tell_other_ranks(f"{type(exc).__name__}: {exc}", 1)  # 1: Python's code for the traceback below
+        raise
+
+
+def _tell_other_ranks(message: str, code: int) -> None:
+    """Under torchrun, make the other ranks exit now with this rank's code instead of waiting in a
+    collective for it (a single process never imported ``harness.distributed``'s process group)."""
+    distributed = sys.modules.get("harness.distributed")
+    if distributed is not None:
+        distributed.report_failure(message, code)
 
 
 def _quiet_libraries() -> None:
@@ -436,6 +503,9 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*kernels.*")
+    # TRL's dataset preparation (--engine trl) and PEFT's offline look-up of the base's config.json.
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", message=".*(Unable to fetch remote file|Could not find a config file).*")
 
 
 if __name__ == "__main__":

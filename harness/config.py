@@ -99,6 +99,9 @@ class DatasetSection:
     task_families: list[str] = _field(
         ["sort_numbers", "reverse_words"], Rule("str_list", "a non-empty list of built-in task families", bool)
     )
+    pad_token: str | None = _field(
+        None, Rule("str", "a token of the tokenizer's vocabulary, or null (its own pad token, else EOS)", bool, True)
+    )
 
 
 @dataclass
@@ -118,6 +121,14 @@ class TrainingSection:
     logging_steps: int = _field(10, _POSITIVE_INT)
     save_steps: int = _field(100, _POSITIVE_INT)
     eval_steps: int | None = _field(None, Rule("int", "an integer > 0 or null", lambda v: v > 0, optional=True))
+    saves_per_epoch: int | None = _field(
+        None,
+        Rule("int", "an integer > 0 or null (when set: save every ceil(steps per epoch / n))", lambda v: v > 0, True),
+    )
+    evals_per_epoch: int | None = _field(
+        None,
+        Rule("int", "an integer > 0 or null (when set: eval every ceil(steps per epoch / n))", lambda v: v > 0, True),
+    )
     eval_batches: int = _field(4, _POSITIVE_INT)
     skip_nonfinite: int = _field(
         0, Rule("int", "an integer >= 0 (optimizer steps with NaN/Inf to skip)", lambda v: v >= 0)
@@ -130,6 +141,8 @@ class TrainingSection:
     dtype: str = _field("auto", _choice(*_DTYPES))
     device: str = _field("auto", _choice("auto", "cpu", "cuda"))
     compile: bool = _field(False, Rule("bool"))
+    # Which trainer ``harness validate`` judges: this project's loop or TRL's SFTTrainer (harness.engines.trl).
+    engine: str = _field("harness", _choice("harness", "trl"))
 
 
 @dataclass
@@ -153,6 +166,8 @@ class ValidationSection:
     generation: bool = _field(True, Rule("bool"))
     oracle: bool = _field(False, Rule("bool"))  # also train through transformers' Trainer and compare
     oracle_tolerance: float = _field(1e-5, Rule("float", "a number > 0", lambda v: v > 0))
+    compare_engines: bool = _field(False, Rule("bool"))  # also train through the other engine and compare
+    engines_tolerance: float = _field(1e-3, Rule("float", "a number > 0", lambda v: v > 0))
 
 
 @dataclass

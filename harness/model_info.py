@@ -31,6 +31,7 @@ class ModelInfo:
     max_position: int
     tie_word_embeddings: bool
     model_type: str = "llama"
+    biased_modules: tuple[str, ...] = ()  # projections with a bias vector (Qwen2: q/k/v)
 
     @classmethod
     def from_dict(cls, config: dict[str, Any], source: str = "<config>") -> ModelInfo:
@@ -52,6 +53,7 @@ class ModelInfo:
                 max_position=int(config.get("max_position_embeddings", 2048)),
                 tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
                 model_type=str(config.get("model_type", "llama")),
+                biased_modules=_biased_modules(config),
             )
         except KeyError as exc:
             raise ModelResolutionError(f"{source}: config.json lacks required key {exc.args[0]!r}") from None
@@ -74,11 +76,12 @@ class ModelInfo:
 
     @property
     def num_parameters(self) -> int:
-        """Parameter count implied by the config (Llama: no biases; RMSNorm weights included)."""
+        """Parameter count implied by the config (projection biases and RMSNorm weights included)."""
         h, i, layers = self.hidden_size, self.intermediate_size, self.num_layers
         attention = sum(a * b for a, b in (target_dims(m, self) for m in ATTENTION_MODULES))
         mlp = 3 * h * i
-        per_layer = attention + mlp + 2 * h
+        biases = sum(target_dims(m, self)[1] for m in self.biased_modules)
+        per_layer = attention + mlp + biases + 2 * h
         embeddings = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
         return layers * per_layer + embeddings + h
 
@@ -91,6 +94,16 @@ class ModelInfo:
         )
         attention = 6 * self.num_layers * self.num_attention_heads * self.head_dim * seq_len
         return 6.0 * matmul_params + attention
+
+
+def _biased_modules(config: dict[str, Any]) -> tuple[str, ...]:
+    """Which projections carry a bias: Qwen2 hard-codes q/k/v; Llama-style configs say so with
+    ``attention_bias`` (all four attention projections) and ``mlp_bias``."""
+    if config.get("model_type") == "qwen2":
+        attention: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
+    else:
+        attention = ATTENTION_MODULES if config.get("attention_bias") else ()
+    return attention + (MLP_MODULES if config.get("mlp_bias") else ())
 
 
 def target_dims(module: str, info: ModelInfo) -> tuple[int, int]:

@@ -48,6 +48,7 @@ from typing import Any
 import torch
 
 from harness.adapters import build_adapter
+from harness.config import TrainingSection
 from harness.data.batching import Batch, epoch_batches
 from harness.data.formatting import pad_token_id
 from harness.errors import TrainingError
@@ -147,6 +148,18 @@ def build_oracle_model(run: Run, initial: dict[str, torch.Tensor] | None = None)
     return model
 
 
+def warmup_argument(training: TrainingSection, micro_batches_per_epoch: int) -> float:
+    """``TrainingArguments.warmup_steps`` for a harness config. transformers reads a value < 1 as a ratio
+    and rounds it up, as the harness does; 1.0 would read as one step, so a whole-run warmup is given
+    in steps."""
+    if training.warmup_steps is not None:
+        return training.warmup_steps
+    if training.warmup_ratio >= 1:
+        steps_per_epoch = math.ceil(micro_batches_per_epoch / training.gradient_accumulation_steps)
+        return training.max_steps or steps_per_epoch * training.epochs
+    return training.warmup_ratio
+
+
 def run_oracle(run: Run, *, initial: dict[str, torch.Tensor] | None = None, output_dir: str | None = None) -> OracleRun:
     """Train ``run.config`` through ``transformers.Trainer`` on the run's prepared data (single process)."""
     from transformers import PrinterCallback, ProgressCallback, TrainingArguments
@@ -156,11 +169,7 @@ def run_oracle(run: Run, *, initial: dict[str, torch.Tensor] | None = None, outp
         raise TrainingError("the transformers Trainer oracle compares LoRA runs (adapter: lora or qlora)")
     model = build_oracle_model(run, initial)
     batches = FixedBatches(run)
-    # transformers reads a warmup value < 1 as a ratio and rounds it up, as the harness does; 1.0 would
-    # read as one step, so a whole-run warmup is given in steps.
-    warmup: float = training.warmup_steps if training.warmup_steps is not None else training.warmup_ratio
-    if training.warmup_steps is None and training.warmup_ratio >= 1:
-        warmup = training.max_steps or math.ceil(len(batches) / training.gradient_accumulation_steps) * training.epochs
+    warmup = warmup_argument(training, len(batches))
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(
             output_dir=output_dir or scratch,

@@ -14,7 +14,7 @@ import torch
 from harness.adapters import AdapterSummary, build_adapter
 from harness.attention import check_attention
 from harness.config import RunConfig
-from harness.data.formatting import PreparedData, pad_token_id, prepare_data
+from harness.data.formatting import PreparedData, pad_token_id, prepare_data, set_pad_token
 from harness.loading import (
     LoadingReport,
     check_training_precision,
@@ -91,6 +91,8 @@ def prepare_run(config: RunConfig, *, with_data: bool = True) -> Run:
     resolved = resolve_model(config.base_model)
     info = ModelInfo.from_config(resolved.path)
     tokenizer = load_tokenizer(resolved.path)
+    if config.dataset.pad_token is not None:
+        set_pad_token(tokenizer, config.dataset.pad_token)
     device = pick_device(config.training.device)
     dtype = pick_dtype(config.training.dtype, device)
     check_training_precision(dtype, config.adapter)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import BUILTIN_TASKS, RunConfig, config_from_dict
-from harness.errors import TrainingError
+from harness.errors import HarnessError, TrainingError
 
 DEFAULT_DIR = Path("tests/reference")
 STACK = ("torch", "transformers", "peft", "bitsandbytes")
@@ -136,6 +136,35 @@ def compare(recording: dict[str, Any], losses: list[float]) -> Drift:
         tolerance=float(recording["tolerance"]["relative"]),
         changed_versions=[f"{k} {was.get(k)} -> {v}" for k, v in stack_versions().items() if was.get(k) != v],
     )
+
+
+def verdict(recording: dict[str, Any], losses: list[float]) -> str:
+    """One line for the report: "match within X", or "DRIFTED at step N by D" (the first step beyond
+    the tolerance, and the largest difference), naming the libraries that changed since recording."""
+    drift = compare(recording, losses)
+    changed = f"; changed since recording: {', '.join(drift.changed_versions)}" if drift.changed_versions else ""
+    where = f"(recording {drift.name}, tolerance {drift.tolerance:g}{changed})"
+    if drift.matches:
+        return f"match within {drift.max_relative:.1e} {where}"
+    if drift.steps != drift.recorded_steps:
+        return f"DRIFTED: {drift.steps} steps, the recording has {drift.recorded_steps} {where}"
+    differences = relative_differences(losses, recording["losses"])
+    first = next(step for step, d in enumerate(differences, 1) if not d <= drift.tolerance)
+    return f"DRIFTED at step {first} by {differences[first - 1]:.1e} (max {drift.max_relative:.1e}) {where}"
+
+
+def reference_verdict(config: RunConfig, losses: list[float], directory: str | Path = DEFAULT_DIR) -> str:
+    """Whether ``config`` (output_dir aside) has a recording in ``directory``, and the verdict on
+    ``losses`` against it; this is how a user learns that an upgrade moved the numerics."""
+    wanted = {k: v for k, v in config.to_dict().items() if k != "output_dir"}
+    for path in sorted(Path(directory).glob("*.json")):
+        try:
+            recording, recorded = load_recording(path)
+        except (OSError, ValueError, KeyError, TypeError, HarnessError):
+            continue  # not a recording (or another schema): it cannot be this config's
+        if {k: v for k, v in recorded.to_dict().items() if k != "output_dir"} == wanted:
+            return verdict(recording, losses)
+    return "no reference for this config"
 
 
 def load_recording(path: str | Path) -> tuple[dict[str, Any], RunConfig]:

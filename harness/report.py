@@ -14,7 +14,7 @@ from harness import __version__
 from harness.validation import FAIL, PASS, SKIPPED, ValidationOutcome
 
 SCHEMA_VERSION = 2  # 2: criteria judged on collected evidence (held-out loss, post-clip norms, reference lrs)
-PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "safetensors", "huggingface_hub")
+PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "safetensors", "huggingface_hub", "trl")
 
 
 def environment(device: str, dtype: str) -> dict[str, Any]:
@@ -79,6 +79,7 @@ def build_report(outcome: ValidationOutcome) -> dict[str, Any]:
         "errors": evidence.errors,
         "training": training,
         **({"oracle": asdict(evidence.oracle)} if evidence.oracle is not None else {}),  # validation.oracle
+        **({"engines": asdict(evidence.engines)} if evidence.engines is not None else {}),  # compare_engines
         "criteria": [asdict(c) for c in outcome.criteria],
         "summary": counts | {"exit_code": outcome.exit_code, "result": "PASS" if outcome.exit_code == 0 else "FAIL"},
     }
@@ -120,7 +121,9 @@ def markdown(report: dict[str, Any], outcome: ValidationOutcome) -> str:
         "## Model and data",
         f"- model: `{model['requested']}`{stand_in}{random_init}",
         f"- snapshot: `{model.get('path', '?')}` ({model.get('source', '?')})",
-        f"- adapter: {adapter}",
+        f"- adapter: {adapter}, trained by "
+        + ("TRL's SFTTrainer" if outcome.evidence.engine == "trl" else "the harness loop")
+        + " (training.engine)",
         f"- data: {data.get('source', '?')} — {data.get('rows_read', '?')} rows read, "
         f"{data.get('train_examples', '?')} train / {data.get('validation_examples', '?')} validation examples, "
         f"{data.get('tokens', '?')} tokens ({data.get('target_tokens', '?')} targets), "
@@ -132,6 +135,8 @@ def markdown(report: dict[str, Any], outcome: ValidationOutcome) -> str:
             f"- training: {facts['plan']['total_steps']} steps in {facts['training_seconds']:.0f} s, "
             f"{t['tokens_per_s']:.0f} tokens/s"
         )
+    if "reference_losses" in facts:
+        lines.append(f"- reference losses: {facts['reference_losses']}")
     if "step_cap" in facts:
         lines.append(f"- step cap: {facts['step_cap']}")
     lines += ["", "## Criteria", "", criteria_table(outcome), ""]

@@ -15,6 +15,7 @@ so concurrent processes never write the same snapshot and a half-written one is 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -91,22 +92,36 @@ def repo_folder(cache: Path, repo_id: str) -> Path:
 
 
 def is_complete_snapshot(path: Path) -> bool:
-    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+    """config.json and the weights: every shard the safetensors index names (an interrupted download
+    of a sharded model holds the index and only some shards), else at least one safetensors file."""
+    if not (path / "config.json").is_file():
+        return False
+    index = path / "model.safetensors.index.json"
+    if not index.is_file():
+        return any(path.glob("*.safetensors"))
+    try:
+        shards = set(json.loads(index.read_text())["weight_map"].values())
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return bool(shards) and all((path / shard).is_file() for shard in shards)
 
 
 def find_cached_snapshot(cache: Path, repo_id: str) -> Path | None:
-    """The snapshot ``refs/main`` points to, else the newest complete one."""
-    repo = repo_folder(cache, repo_id)
-    snapshots = repo / "snapshots"
-    if not snapshots.is_dir():
+    """The complete snapshot ``refs/main`` points to, else the newest complete one, as
+    huggingface_hub's cache API sees the cache."""
+    from huggingface_hub import scan_cache_dir, try_to_load_from_cache
+    from huggingface_hub.errors import CacheNotFound
+
+    config = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache)
+    if isinstance(config, str) and is_complete_snapshot(Path(config).parent):
+        return Path(config).parent
+    try:
+        repos = scan_cache_dir(cache).repos
+    except CacheNotFound:
         return None
-    ref = repo / "refs" / "main"
-    if ref.is_file():
-        candidate = snapshots / ref.read_text().strip()
-        if is_complete_snapshot(candidate):
-            return candidate
-    complete = [p for p in snapshots.iterdir() if not p.name.startswith(".") and is_complete_snapshot(p)]
-    return max(complete, key=lambda p: p.stat().st_mtime) if complete else None
+    revisions = [r for repo in repos if repo.repo_id == repo_id and repo.repo_type == "model" for r in repo.revisions]
+    complete = [r for r in revisions if is_complete_snapshot(r.snapshot_path)]
+    return max(complete, key=lambda r: r.last_modified).snapshot_path if complete else None
 
 
 def is_offline() -> bool:
@@ -176,6 +191,18 @@ def _announce_once(message: str) -> None:
         logger.warning(message)
 
 
+def _check_repo_id(model: str) -> None:
+    """huggingface_hub's own rule for repo ids (letters, digits, ``-_.``, no ``--`` or ``..``)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(model)
+    except HFValidationError as exc:
+        reason = " ".join(str(exc).split())
+        raise ModelResolutionError(f"{model}: not a valid hub model id ({reason})") from None
+
+
 def resolve_model(model: str) -> ResolvedModel:
     """Return a local snapshot directory for a hub id or path (see the module docstring for order)."""
     searched: list[str] = []
@@ -187,6 +214,7 @@ def resolve_model(model: str) -> ResolvedModel:
         return ResolvedModel(model, local.resolve(), "local", model, bool(marker.get("random_init")))
     if model.startswith((".", "/", "~")) or model.count("/") != 1:
         raise ModelResolutionError(f"{model}: no such model directory, and not a hub id of the form org/name")
+    _check_repo_id(model)
 
     for cache in cache_dirs():
         searched.append(str(repo_folder(cache, model)))

@@ -69,6 +69,12 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str) -> floa
     return 1.0
 
 
+def every(steps_per_epoch: int, times_per_epoch: int) -> int:
+    """The step interval of axolotl's ``saves_per_epoch`` / ``evals_per_epoch``: it passes the
+    fraction 1 / (n x epochs) of the run to transformers, which rounds it up to whole steps."""
+    return math.ceil(steps_per_epoch / times_per_epoch)
+
+
 # ---------------------------------------------------------------- loss and step
 
 
@@ -366,6 +372,9 @@ class Trainer:
             if self.training.warmup_steps is not None
             else warmup_steps_for(self.total_steps, self.training.warmup_ratio)
         )
+        per_epoch = self.training.saves_per_epoch, self.training.evals_per_epoch
+        self.save_steps = every(self.steps_per_epoch, per_epoch[0]) if per_epoch[0] else self.training.save_steps
+        self.eval_steps = every(self.steps_per_epoch, per_epoch[1]) if per_epoch[1] else self.training.eval_steps
         self.optimizer = build_optimizer(model, self.training.learning_rate, self.training.weight_decay, device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.total_steps, self.warmup_steps, self.training.lr_scheduler)
@@ -422,12 +431,15 @@ class Trainer:
             batch_in_epoch,
             self.optimizer.state_dict(),
             self.scheduler.state_dict(),
-            _rng_state(),
+            {"per_rank": distributed.all_gather(_rng_state(), self.world)},
             self._plan_identity() | {"skipped": self.skipped},
         )
         directory = self.output_dir / f"{CHECKPOINT_PREFIX}{step:06d}"
         if self.world.is_main:
-            save_checkpoint(self.model, directory, state)
+            try:
+                save_checkpoint(self.model, directory, state)
+            except OSError as exc:  # a full disk or a lost mount: training cannot keep its promise to resume
+                raise TrainingError(f"step {step}: cannot write {directory}: {exc.strerror or exc}") from None
         distributed.barrier(self.world)
         return directory
 
@@ -459,7 +471,7 @@ class Trainer:
         load_weights_into(self.model, checkpoint_dir, expected_base=self.base_model_id)
         self.optimizer.load_state_dict(state.optimizer)
         self.scheduler.load_state_dict(state.scheduler)
-        _set_rng_state(state.rng)
+        _set_rng_state(state.rng["per_rank"][self.world.rank])  # same world size: checked above
         self.skipped = list(state.extra.get("skipped", []))
         return state
 
@@ -479,8 +491,10 @@ class Trainer:
             last_good = Path(resume_from)
             self._truncate_metrics(step)
         else:
-            torch.manual_seed(self.config.seed)
-            random.seed(self.config.seed)
+            # Each rank draws its own dropout masks, as one process with the global batch would
+            # draw different masks for different rows (the LoRA init was seeded alike on every rank).
+            torch.manual_seed(self.config.seed + self.world.rank)
+            random.seed(self.config.seed + self.world.rank)
         result = TrainResult(
             self.output_dir,
             [],
@@ -562,7 +576,7 @@ class Trainer:
             progress.set_postfix(loss=f"{outcome.loss:.3f}", lr=f"{lr:.2e}")
             if self.on_step:
                 self.on_step(record)
-            if self.training.eval_steps and self.eval_batches and step % self.training.eval_steps == 0:
+            if self.eval_steps and self.eval_batches and step % self.eval_steps == 0:
                 eval_loss = evaluate_loss(self.model, self.eval_batches, self.device)
                 result.evals.append({"step": step, "eval_loss": eval_loss})
                 self._metrics({"type": "eval", "step": step, "eval_loss": eval_loss})
@@ -570,7 +584,7 @@ class Trainer:
                 # A signal may reach the ranks at different steps: stop together, at the first.
                 asked = distributed.all_reduce_sum(float(self.stop_signal or 0), self.world, self.device)
                 self.stop_signal = self.stop_signal or (int(signal.SIGTERM) if asked else 0)
-            if step % self.training.save_steps == 0 or step == self.total_steps or self.stop_signal:
+            if step % self.save_steps == 0 or step == self.total_steps or self.stop_signal:
                 last_good = self._save(step, epoch, batch_in_epoch)
                 result.checkpoints.append(last_good)
             if self.stop_signal and step < self.total_steps:

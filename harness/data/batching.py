@@ -100,18 +100,29 @@ def collate_packed(rows: list[PackedRow], pad_id: int, pad_to_multiple_of: int |
     )
 
 
-def length_grouped_order(lengths: list[int], batch_size: int, rng: random.Random, mega_batches: int = 50) -> list[int]:
-    """Shuffle, then sort by length inside windows of ``batch_size * mega_batches`` so a batch holds
-    similar lengths (less padding) while the order stays random across windows."""
+def length_grouped_order(lengths: list[int], batch_size: int, rng: random.Random) -> list[int]:
+    """The order transformers' ``LengthGroupedSampler`` (the HF Trainer's ``group_by_length``) gives:
+    a random permutation sorted by length inside mega-batches of up to 50 batches, so a batch holds
+    similar lengths (less padding), the longest batch first (an out-of-memory shows at once). Its
+    torch generator is seeded from ``rng``, so the order still depends only on (seed, epoch)."""
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    generator = torch.Generator().manual_seed(rng.getrandbits(63))
+    return list(get_length_grouped_indices(lengths, batch_size, generator=generator))
+
+
+def epoch_order(
+    lengths: list[int], global_size: int, seed: int, epoch: int, *, group_by_length: bool = False, shuffle: bool = True
+) -> list[int]:
+    """The order in which an epoch visits its units (examples or packed rows): a function of (seed,
+    epoch) only. Other trainers driven through the harness's data (harness.engines) read it here."""
+    rng = random.Random(seed * 100_003 + epoch)
+    if group_by_length:
+        return length_grouped_order(lengths, global_size, rng)
     order = list(range(len(lengths)))
-    rng.shuffle(order)
-    window = batch_size * mega_batches
-    grouped: list[int] = []
-    for start in range(0, len(order), window):
-        grouped.extend(sorted(order[start : start + window], key=lambda i: -lengths[i]))
-    batches = [grouped[i : i + batch_size] for i in range(0, len(grouped), batch_size)]
-    rng.shuffle(batches)
-    return [index for batch in batches for index in batch]
+    if shuffle:
+        rng.shuffle(order)
+    return order
 
 
 def epoch_batches(
@@ -135,17 +146,14 @@ def epoch_batches(
     With ``world_size`` > 1 (data parallel), each global batch of ``batch_size x world_size`` rows is
     split evenly and this rank gets its share; a last global batch too small to give every rank a row
     is dropped, so all ranks take the same number of steps."""
-    rng = random.Random(seed * 100_003 + epoch)
     global_size = batch_size * world_size
     # Packed rows are built once, in data order, and shuffled as rows: every epoch then has the same
     # rows and so the same number of steps (packing a reshuffled order would change the count).
     units: list[Any] = pack_examples(examples, max_length) if packing else examples
-    if group_by_length and not packing:
-        order = length_grouped_order([len(e.input_ids) for e in examples], global_size, rng)
-    else:
-        order = list(range(len(units)))
-        if shuffle:
-            rng.shuffle(order)
+    lengths = [len(u.input_ids) for u in units]
+    order = epoch_order(
+        lengths, global_size, seed, epoch, group_by_length=group_by_length and not packing, shuffle=shuffle
+    )
     items = [units[i] for i in order]
     collate = collate_packed if packing else pad_batch
     batches = []

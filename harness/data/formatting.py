@@ -16,7 +16,7 @@ from typing import Any
 from harness.config import BUILTIN_TASKS, DatasetSection
 from harness.data.sources import LoadedRows, Record, load_rows
 from harness.data.tasks import generate_tasks
-from harness.errors import DataError
+from harness.errors import ConfigError, DataError
 
 IGNORE_INDEX = -100
 
@@ -48,6 +48,15 @@ class Example:
     @property
     def num_targets(self) -> int:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+
+def set_pad_token(tokenizer: Any, token: str) -> None:
+    """Pad with ``token`` (axolotl's ``special_tokens.pad_token``). It must be in the vocabulary
+    already: a new token would need a new embedding row, which this harness does not train."""
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if token_id is None or (token_id == tokenizer.unk_token_id and token != tokenizer.unk_token):
+        raise ConfigError(f"dataset.pad_token: {token!r} is not in the tokenizer's vocabulary; use one of its tokens")
+    tokenizer.pad_token = token
 
 
 def pad_token_id(tokenizer: Any) -> int:

@@ -479,6 +479,39 @@ def oracle_parity(ev: Evidence, t: ValidationSection) -> Verdict:
     )
 
 
+def engines_agree(ev: Evidence, t: ValidationSection) -> Verdict:
+    """The harness loop and TRL's SFTTrainer on the same data, order and seeded init: per-step losses
+    within ``engines_tolerance`` relative. They cannot agree exactly: TRL scores the loss through its
+    fused LM head (chunked log-probabilities), the harness through chunks of target positions only,
+    so sums run in another order; the difference is ~1e-7 at step 1 and compounds through AdamW over
+    the steps. With packing TRL packs its own rows (best-fit decreasing) in its own order, so step k
+    trains other examples: the criterion is skipped with the measured difference."""
+    engines = need(ev.engines, "engines")
+    ours, theirs, tolerance = engines.harness_losses, engines.trl_losses, t.engines_tolerance
+    differences = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(ours, theirs)]
+    worst = max(differences, default=math.nan)
+    if engines.packing:
+        raise Skip(
+            f"training.packing: TRL packs its own rows in its own order, so steps see other examples; measured "
+            f"{len(ours)} harness / {len(theirs)} TRL steps, max relative loss difference {worst:.1e}"
+        )
+    beyond = [step for step, d in enumerate(differences, 1) if not d <= tolerance]  # NaN too
+    first = f"step 1: {differences[0]:.1e}; " if differences else ""
+    if not ours or len(ours) != len(theirs):
+        detail = f"the harness ran {len(ours)} steps, TRL {len(theirs)}"
+    elif beyond:
+        step = beyond[0]
+        detail = f"step {step}: harness {ours[step - 1]:.6g}, TRL {theirs[step - 1]:.6g}"
+    else:
+        detail = f"TRL's SFTTrainer and the harness loop; the second engine took {engines.seconds:.0f} s"
+    return Verdict(
+        bool(ours) and len(ours) == len(theirs) and not beyond,
+        f"{len(ours)} steps; {first}max relative loss difference {worst:.1e}",
+        f"the same steps; every step's loss within {tolerance:g} relative (summation order differs)",
+        detail,
+    )
+
+
 CHECKS: list[CheckSpec] = [
     CheckSpec("model_loads", "Model loads from the HF cache", "minimum", model_loads, ("load",)),
     CheckSpec(
@@ -514,6 +547,14 @@ CHECKS: list[CheckSpec] = [
         oracle_parity,
         ("oracle",),
         requested_by="oracle",
+    ),
+    CheckSpec(
+        "engines_agree",
+        "The harness loop and TRL's SFTTrainer agree step by step",
+        "full",
+        engines_agree,
+        ("engines",),
+        requested_by="compare_engines",
     ),
 ]
 

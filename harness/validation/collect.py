@@ -29,10 +29,12 @@ from harness.errors import ConfigError, HarnessError
 from harness.generation import generate_ids
 from harness.model_info import target_dims
 from harness.recipe import Run, prepare_run
+from harness.reference import reference_verdict
 from harness.training import TrainResult
 from harness.validation.evidence import (
     AdapterEvidence,
     Answer,
+    EnginesEvidence,
     Evidence,
     ForwardEvidence,
     HeldOutLoss,
@@ -186,7 +188,7 @@ class EvidenceRun:
         try:
             self._collect()
         except StageFailed as stop:
-            for name in "load tokenizer forward adapter before training saved reload after oracle".split():
+            for name in "load tokenizer forward adapter before training saved reload after oracle engines".split():
                 if getattr(self.evidence, name) is None:
                     self.evidence.absent.setdefault(name, stop.reason)
         self.evidence.facts["validation_seconds"] = time.perf_counter() - started
@@ -211,6 +213,8 @@ class EvidenceRun:
             self._stage("after", lambda: setattr(self.evidence, "after", self._measure_state("after")))
             if self.config.validation.oracle:
                 self._stage("oracle", self._measure_oracle)
+            if self.config.validation.compare_engines:
+                self._stage("engines", self._measure_engines)
         else:
             for name in ("before", "saved", "reload", "after"):
                 self.evidence.absent[name] = "measured on rank 0"
@@ -349,7 +353,12 @@ class EvidenceRun:
 
     def _train(self) -> None:
         run = self._run
-        trainer = run.trainer(output_dir=str(self.out_dir / "training"))
+        self.evidence.engine = self.config.training.engine
+        trainer: Any = run.trainer(output_dir=str(self.out_dir / "training"))
+        if self.evidence.engine == "trl":
+            from harness.engines.trl import TrlTrainer
+
+            trainer = TrlTrainer(run, self.out_dir / "trl")
         self.progress(
             f"training {trainer.total_steps} steps ({trainer.epochs_planned} epoch(s) of "
             f"{trainer.steps_per_epoch}) on {run.device}"
@@ -365,6 +374,8 @@ class EvidenceRun:
             self.result = result = trainer.train()
         finally:
             self.evidence.facts["training_seconds"] = time.perf_counter() - began
+        if self.evidence.engine == "trl":
+            self._adopt_trl_model(trainer.model)
         history = result.history
         tokens = sum(r.tokens for r in history)
         self.evidence.facts["throughput"] = {
@@ -373,6 +384,7 @@ class EvidenceRun:
             "tokens_per_s": tokens / max(1e-9, sum(r.seconds for r in history)),
         }
         self.evidence.facts["evals"] = result.evals
+        self.evidence.facts["reference_losses"] = reference_verdict(self.config, [r.loss for r in history])
         training = self.config.training
         self.evidence.training = TrainingEvidence(
             steps=[
@@ -395,6 +407,45 @@ class EvidenceRun:
         )
         self.progress(f"trained {len(history)} steps: loss {history[0].loss:.4f} -> {history[-1].loss:.4f}")
 
+    def _adopt_trl_model(self, model: Any) -> None:
+        """From here on the model measured, saved and reloaded is the one TRL built and trained; the
+        adapter evidence describes its LoRA layers."""
+        run = self._run
+        run.model = model
+        if self.evidence.adapter is not None:
+            self.evidence.adapter.layers = lora_layers(model, run.info)
+
+    def _measure_engines(self) -> None:
+        """The same run through the other engine, from the same seeded adapter init, on the same data in
+        the same order: its per-step losses beside this run's."""
+        from harness.adapters import build_adapter
+        from harness.engines.trl import TrlTrainer
+        from harness.training import Trainer
+
+        assert self.result is not None
+        run = self._run
+        ours = [r.loss for r in self.result.history]
+        began = time.perf_counter()
+        if self.evidence.engine == "trl":
+            self.progress("training the same run through the harness loop (validation.compare_engines)")
+            torch.manual_seed(self.config.seed)
+            model, _summary = build_adapter(run.load_base(), self.config, run.info, run.resolved.served_as)
+            other = Trainer(
+                model,
+                self.config,
+                run.data.train,
+                run.data.validation,
+                pad_id=pad_token_id(run.tokenizer),
+                device=run.device,
+                output_dir=self.out_dir / "engines-harness",
+            ).train()
+            harness, trl = [r.loss for r in other.history], ours
+        else:
+            self.progress("training the same run through TRL's SFTTrainer (validation.compare_engines)")
+            other = TrlTrainer(run, self.out_dir / "engines-trl").train()
+            harness, trl = ours, [r.loss for r in other.history]
+        self.evidence.engines = EnginesEvidence(harness, trl, self.config.training.packing, time.perf_counter() - began)
+
     def _measure_oracle(self) -> None:
         """The same run through transformers' Trainer (``harness.oracle``): its per-step losses and
         how far its final adapter weights are from the harness's."""
@@ -402,6 +453,12 @@ class EvidenceRun:
 
         if self.world.distributed:
             self.evidence.absent["oracle"] = f"compares single-process runs; this one has {self.world.size} ranks"
+            return
+        if self.evidence.engine != "harness":
+            self.evidence.absent["oracle"] = (
+                "the oracle checks the harness loop against transformers' Trainer; this run trained with "
+                f"training.engine: {self.evidence.engine} (validation.compare_engines compares the engines)"
+            )
             return
         assert self.result is not None
         self.progress("training the same run through transformers' Trainer (validation.oracle)")
@@ -446,6 +503,10 @@ class EvidenceRun:
                 from harness.loading import load_model
 
                 reloaded = load_model(final, device=run.device, dtype=run.dtype)
+            elif self.evidence.engine == "trl":
+                from peft import PeftModel
+
+                reloaded = PeftModel.from_pretrained(run.load_base(), str(final))  # TRL writes no harness manifest
             else:
                 reloaded = load_adapter(run.load_base(), final, expected_base=run.resolved.served_as)
             again = reloaded.eval()(**inputs).logits.float()

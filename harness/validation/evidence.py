@@ -182,6 +182,17 @@ class OracleEvidence:
 
 
 @dataclass
+class EnginesEvidence:
+    """The same run through both engines (``validation.compare_engines``): per-step losses of the
+    harness loop and of TRL's SFTTrainer."""
+
+    harness_losses: list[float]
+    trl_losses: list[float]
+    packing: bool  # TRL packed its own rows: step k does not see the harness's examples
+    seconds: float  # the second engine's training time
+
+
+@dataclass
 class Evidence:
     """Everything one validation run measured."""
 
@@ -197,6 +208,8 @@ class Evidence:
     reload: ReloadEvidence | None = None
     after: ModelState | None = None
     oracle: OracleEvidence | None = None  # only when validation.oracle asks for it
+    engines: EnginesEvidence | None = None  # only when validation.compare_engines asks for it
+    engine: str = "harness"  # the trainer that produced training, saved and after (training.engine)
     errors: dict[str, str] = field(default_factory=dict)
     absent: dict[str, str] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)

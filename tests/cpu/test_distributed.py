@@ -133,3 +133,114 @@ def test_validate_under_torchrun_trains_on_both_ranks_and_reports_once(tmp_path,
         assert status[criterion] == "PASS", (criterion, report["criteria"])
     assert report["facts"]["world_size"] == 2
     assert report["facts"]["plan"]["total_steps"] == 8
+
+
+FAULT = """\
+import os, sys, time, torch
+import harness.training as training
+from harness.cli import main
+rank, target, fault_file = os.environ["RANK"], sys.argv[2], sys.argv[3]
+calls = []
+real_loss, real_save = training.loss_sum_and_count, training.save_checkpoint
+def fail(error):
+    open(fault_file, "w").write(repr(time.time()))
+    raise error
+def loss(*args, **kwargs):
+    calls.append(1)
+    if target == "oom" and rank == "1" and len(calls) == 3:  # step 2, second micro batch
+        fail(torch.OutOfMemoryError("simulated"))
+    return real_loss(*args, **kwargs)
+def save(*args, **kwargs):
+    if target == "disk" and rank == "0":
+        fail(OSError(28, "No space left on device"))
+    return real_save(*args, **kwargs)
+training.loss_sum_and_count, training.save_checkpoint = loss, save
+sys.exit(main(["train", sys.argv[1], "--set", "training.max_steps=4", "--set", "training.save_steps=2"]))
+"""
+
+
+def two_ranks(*command: str) -> list[tuple[int, float, str]]:
+    """Run ``command`` as ranks 0 and 1 of a gloo group, started as torchrun starts them but without
+    its agent (which would stop one rank when the other fails): per rank its exit code, the time it
+    ended and its stderr."""
+    import socket
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ranks = []
+    for rank in (0, 1):
+        env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
+        env.update(MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
+        ranks.append(
+            subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        )
+    ended: dict[int, float] = {}
+    deadline = time.time() + 120
+    while len(ended) < 2 and time.time() < deadline:
+        for rank, process in enumerate(ranks):
+            if rank not in ended and process.poll() is not None:
+                ended[rank] = time.time()
+        time.sleep(0.05)
+    for process in ranks:
+        process.kill()
+    outcomes = []
+    for rank, process in enumerate(ranks):
+        stderr = process.communicate()[1]
+        assert rank in ended, f"rank {rank} still running 120 s after the start: {stderr[-2000:]}"
+        outcomes.append((process.returncode, ended[rank], stderr))
+    return outcomes
+
+
+def launch_two_ranks_failing(tmp_path: Path, fault: str) -> list[tuple[int, float, str]]:
+    """Per rank its exit code, seconds from the injected fault to its exit, and its stderr."""
+    config = write_config(tmp_path / fault, batch=2)
+    fault_file = tmp_path / f"{fault}.time"
+    outcomes = two_ranks(sys.executable, "-c", FAULT, str(config), fault, str(fault_file))
+    faulted = float(fault_file.read_text())
+    timings = [
+        f"rank {rank} exit {code} {end - faulted:.2f} s after the fault" for rank, (code, end, _) in enumerate(outcomes)
+    ]
+    print(f"{fault}: " + ", ".join(timings))
+    return [(code, end - faulted, stderr) for code, end, stderr in outcomes]
+
+
+def test_a_rank_out_of_memory_stops_every_rank_at_once_with_its_code(tmp_path, tiny_ready):
+    (code0, seconds0, err0), (code1, seconds1, err1) = launch_two_ranks_failing(tmp_path, "oom")
+    assert code1 == 3 and "error: step 2: CUDA out of memory" in err1, err1[-2000:]
+    # Rank 0 was waiting for rank 1's gradients in an all-reduce: without the failure watch, gloo
+    # ends it with a "connection closed" traceback and exit 1 once rank 1 is gone; NCCL would wait.
+    assert code0 == 3 and "error: rank 1 failed: step 2: CUDA out of memory" in err0, err0[-2000:]
+    assert max(seconds0, seconds1) < 10
+
+
+def test_a_full_disk_at_a_save_stops_every_rank_at_once_with_its_code(tmp_path, tiny_ready):
+    (code0, seconds0, err0), (code1, seconds1, err1) = launch_two_ranks_failing(tmp_path, "disk")
+    assert code0 == 3 and "No space left on device" in err0.splitlines()[-1], err0[-2000:]
+    # Rank 1 was waiting at the barrier after the save.
+    assert code1 == 3 and "error: rank 0 failed: step 2: cannot write" in err1, err1[-2000:]
+    assert max(seconds0, seconds1) < 10
+
+
+def test_ranks_draw_their_own_dropout_and_resume_restores_each_ranks_generator(tmp_path, tiny_ready):
+    import shutil
+
+    import torch
+
+    dropout = ["--set", "lora.dropout=0.1", "--set", "training.max_steps=4", "--set", "training.save_steps=2"]
+    straight = write_config(tmp_path / "straight", batch=2)
+    for code, _, stderr in two_ranks(sys.executable, "-m", "harness", "train", str(straight), *dropout):
+        assert code == 0, stderr[-3000:]
+    checkpoint = tmp_path / "straight" / "out" / "checkpoint-000002"
+    rng = torch.load(checkpoint / "training_state.pt", weights_only=True)["rng"]["per_rank"]
+    assert len(rng) == 2 and not torch.equal(rng[0]["torch"], rng[1]["torch"]), "ranks share one dropout stream"
+    resumed = write_config(tmp_path / "resumed", batch=2)
+    copy = shutil.copytree(checkpoint, tmp_path / "resumed" / "out" / checkpoint.name)
+    for code, _, stderr in two_ranks(
+        sys.executable, "-m", "harness", "train", str(resumed), *dropout, "--resume", str(copy)
+    ):
+        assert code == 0, stderr[-3000:]
+    whole, tail = losses(tmp_path / "straight" / "out"), losses(tmp_path / "resumed" / "out")
+    print(f"losses straight: {whole}\nlosses resumed at step 2: {tail}")
+    assert tail == whole[2:]

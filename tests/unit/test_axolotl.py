@@ -115,3 +115,51 @@ def test_optimizers_other_than_torch_adamw_are_listed_as_changed(optimizer):
 def test_torch_adamw_is_what_runs(optimizer):
     _nested, ignored = from_axolotl({"micro_batch_size": 2, "optimizer": optimizer}, "x.yml")
     assert ignored == []
+
+
+@pytest.mark.parametrize(
+    ("steps_per_epoch", "times", "interval"), [(10, 4, 3), (10, 1, 10), (3, 4, 1), (100, 3, 34), (8, 2, 4), (9, 3, 3)]
+)
+def test_per_epoch_counts_become_step_intervals_as_transformers_rounds_them(steps_per_epoch, times, interval):
+    from harness.training import every
+
+    assert every(steps_per_epoch, times) == interval
+
+
+def test_saves_and_evals_per_epoch_and_the_pad_token_are_imported(tiny_llama, tmp_path):
+    from harness.data.formatting import pad_token_id
+    from harness.recipe import prepare_run
+
+    raw = {
+        "base_model": "harness/tiny-random-llama",
+        "micro_batch_size": 4,
+        "saves_per_epoch": 4,
+        "evals_per_epoch": 2,
+        "special_tokens": {"pad_token": "</s>", "bos_token": "<s>"},
+    }
+    nested, ignored = from_axolotl(raw, "axolotl.yml")
+    assert nested["training"] | nested["dataset"] == {
+        "batch_size": 4,
+        "saves_per_epoch": 4,
+        "evals_per_epoch": 2,
+        "pad_token": "</s>",
+    }
+    assert ignored == ["special_tokens.bos_token (not supported)"]
+    sets = [f"{section}.{key}={value}" for section in ("training", "dataset") for key, value in nested[section].items()]
+    sets += ["base_model=harness/tiny-random-llama", "dataset.num_examples=45", f"output_dir={tmp_path}"]
+    run = prepare_run(load_config(None, sets), with_data=True)
+    run.build()
+    trainer = run.trainer()
+    print(
+        f"steps per epoch {trainer.steps_per_epoch}: save every {trainer.save_steps}, eval every {trainer.eval_steps}"
+    )
+    assert (trainer.steps_per_epoch, trainer.save_steps, trainer.eval_steps) == (9, 3, 5)
+    assert pad_token_id(run.tokenizer) == 2  # "</s>"; the tokenizer has no pad token of its own
+
+
+def test_a_pad_token_outside_the_vocabulary_is_one_line(tiny_llama):
+    from harness.recipe import prepare_run
+
+    config = load_config(None, ["base_model=harness/tiny-random-llama", "dataset.pad_token=<pad>"])
+    with pytest.raises(ConfigError, match=r"^dataset.pad_token: '<pad>' is not in the tokenizer's vocabulary"):
+        prepare_run(config, with_data=False)

@@ -183,5 +183,5 @@ def test_concurrent_materialization_writes_one_complete_snapshot(caches):
     sources = sorted(r["source"] for r in results)
     assert sources.count("bundled (materialized now)") == 1, sources
     snapshots = caches / "hf_home" / "hub" / "models--harness--tiny-random-llama" / "snapshots"
-    assert [p.name for p in snapshots.iterdir()] == ["harness-random-init-seed0"]
-    assert read_marker(snapshots / "harness-random-init-seed0")["random_init"] is True
+    assert [p.name for p in snapshots.iterdir()] == ["harness-random-init-seed0-sorted-bytes"]
+    assert read_marker(snapshots / "harness-random-init-seed0-sorted-bytes")["random_init"] is True

@@ -145,7 +145,7 @@ def test_setup_installs_torch_before_the_package(tmp_path):
     assert setup_calls(tmp_path, {}).returncode == 0
     calls = [line.split("\0")[:-1] for line in (tmp_path / "calls").read_text().splitlines()]
     assert calls[0] == ["-m", "pip", "install", "-q", "torch==2.13.0"]
-    assert calls[1] == ["-m", "pip", "install", "-q", "-e", ".[test,lint]"]
+    assert calls[1] == ["-m", "pip", "install", "-q", "-e", ".[test,lint,trl]"]
 
 
 OLD_INSTALL = 'TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu" bash scripts/setup.sh'
