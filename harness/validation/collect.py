@@ -404,6 +404,7 @@ class EvidenceRun:
             vocab_size=run.info.vocab_size,
             epoch_target_tokens=sum(shifted_targets(e) for e in run.data.train),
             seconds=self.evidence.facts["training_seconds"],
+            trainable_dtype=_trainable_dtype(run.model),
         )
         self.progress(f"trained {len(history)} steps: loss {history[0].loss:.4f} -> {history[-1].loss:.4f}")
 
@@ -507,6 +508,7 @@ class EvidenceRun:
                 from peft import PeftModel
 
                 reloaded = PeftModel.from_pretrained(run.load_base(), str(final))  # TRL writes no harness manifest
+                _as_saved(reloaded, final)
             else:
                 reloaded = load_adapter(run.load_base(), final, expected_base=run.resolved.served_as)
             again = reloaded.eval()(**inputs).logits.float()
@@ -568,3 +570,23 @@ def lora_layers(model: Any, info: Any) -> list[LoraLayer]:
             )
         )
     return layers
+
+
+def _trainable_dtype(model: Any) -> str:
+    """The widest-rounding dtype among the trained parameters, as a name ("bfloat16")."""
+    dtypes = {p.dtype for p in model.parameters() if p.requires_grad}
+    return str(max(dtypes, key=lambda d: torch.finfo(d).eps) if dtypes else torch.float32).removeprefix("torch.")
+
+
+def _as_saved(model: Any, directory: Path) -> None:
+    """Give the reloaded LoRA weights the dtype they were saved in. PEFT upcasts bfloat16 adapters to
+    float32 on load (and cannot be told not to for a quantized base, peft#2889), while TRL trains QLoRA
+    adapters in bfloat16 and saves them so; the trained logits come from bfloat16 adapters."""
+    from safetensors import safe_open
+
+    with safe_open(str(directory / ADAPTER_WEIGHTS), framework="pt") as saved:
+        dtypes = {saved.get_slice(name).get_dtype() for name in saved.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    if dtypes == {"BF16"}:
+        for name, parameter in model.named_parameters():
+            if "lora_" in name:
+                parameter.data = parameter.data.to(torch.bfloat16)

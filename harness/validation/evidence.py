@@ -96,6 +96,9 @@ class TrainingEvidence:
     vocab_size: int
     epoch_target_tokens: int  # target tokens in the training set: what one whole epoch must consume
     seconds: float
+    # The dtype the trained parameters (and so their gradients) live in: TRL keeps QLoRA adapters in
+    # bfloat16, where clipping's scaled gradient is rounded to 2^-8 relative.
+    trainable_dtype: str = "float32"
 
 
 @dataclass

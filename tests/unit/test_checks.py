@@ -435,6 +435,27 @@ def test_gradient_norms_fail_when_an_unclipped_norm_was_changed():
     assert status(replace(e, "training", steps=scaled), "gradient_norms") == FAIL
 
 
+def _clipped_to(e, norm_after):
+    """Every step clipped: pre-clip norm 2, and the given norm after clipping to 1."""
+    return [dataclasses.replace(s, grad_norm=2.0, clipped_norm=norm_after) for s in e.training.steps]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "norm_after", "expected"),
+    [
+        ("float32", 0.9995, PASS),  # within 1e-3
+        ("float32", 0.998, FAIL),  # what TRL's bfloat16 QLoRA gives: too far for float32 gradients
+        ("bfloat16", 0.998, PASS),  # within bfloat16's epsilon, 2^-7
+        ("bfloat16", 0.99, FAIL),  # beyond bfloat16 rounding: clipping did not happen as configured
+    ],
+)
+def test_gradient_norms_allow_the_rounding_of_the_gradient_dtype(dtype, norm_after, expected):
+    e = good()
+    clipped = replace(replace(e, "training", steps=_clipped_to(e, norm_after)), "training", trainable_dtype=dtype)
+    assert clipped.training.max_grad_norm == 1.0
+    assert status(clipped, "gradient_norms") == expected
+
+
 @pytest.mark.parametrize(
     ("kind", "expected"),
     [

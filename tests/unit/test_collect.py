@@ -13,7 +13,13 @@ from harness.data.formatting import IGNORE_INDEX, DataStats, Example, PreparedDa
 from harness.data.sources import Record
 from harness.generation import generate_ids
 from harness.loading import load_model, load_tokenizer
-from harness.validation.collect import fit_epochs_to_step_cap, held_out_loss, lora_layers, shifted_targets
+from harness.validation.collect import (
+    _as_saved,
+    fit_epochs_to_step_cap,
+    held_out_loss,
+    lora_layers,
+    shifted_targets,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -169,3 +175,20 @@ def test_a_snapshot_missing_a_weight_is_reported_by_the_loader(tiny_llama, tmp_p
     assert report.missing_keys == [dropped] and report.unexpected_keys == []
     _model, clean = load_model_with_report(tiny_llama.path)
     assert (clean.missing_keys, clean.unexpected_keys, clean.mismatched_keys) == ([], [], [])
+
+
+@pytest.mark.parametrize(("saved", "expected"), [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32)])
+def test_a_reloaded_adapter_gets_the_dtype_it_was_saved_in(tiny_llama, tmp_path, saved, expected):
+    # TRL saves QLoRA adapters in bfloat16; PEFT's from_pretrained upcasts them to float32, which moved
+    # the tiny model's logits by 2.5e-3 from the trained ones. The reload must compute as training did.
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    model = get_peft_model(load_model(tiny_llama.path), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    for name, parameter in model.named_parameters():
+        if "lora_" in name:
+            parameter.data = parameter.data.to(saved)
+    model.save_pretrained(tmp_path)
+    reloaded = PeftModel.from_pretrained(load_model(tiny_llama.path), str(tmp_path))
+    assert {p.dtype for n, p in reloaded.named_parameters() if "lora_" in n} == {torch.float32}  # PEFT's upcast
+    _as_saved(reloaded, tmp_path)
+    assert {p.dtype for n, p in reloaded.named_parameters() if "lora_" in n} == {expected}
