@@ -52,7 +52,13 @@ BENCH_MODEL=${BENCH_MODEL:-TinyLlama/TinyLlama-1.1B-Chat-v1.0} BENCH_ADAPTER=${B
   BENCH_BATCH=${BENCH_BATCH:-2} BENCH_MAX_LENGTH=${BENCH_MAX_LENGTH:-512} BENCH_STEPS=${BENCH_STEPS:-8} \
   BENCH_WARMUP=${BENCH_WARMUP:-2} \
   stage benchmarks "${T_BENCH:-150}" "$PY" -m pytest benchmarks/ -q -p no:cacheprovider --benchmark-json="$out/benchmarks.json"
+# The config reads ../shared/data/alpaca_data_1k.json; where that is absent, the bundled tasks stand in (said so).
+data=()
+if [[ ! -f ../shared/data/alpaca_data_1k.json ]]; then
+  data=(--set dataset.path=builtin:tasks)
+  echo "validate: ../shared/data/alpaca_data_1k.json is absent here; using ${data[*]}"
+fi
 stage validate "${T_VALIDATE:-150}" "$PY" -m harness validate configs/tinyllama_qlora_val.yaml \
-  --max-steps "${VALIDATE_STEPS:-30}" --out "$out/validate"
+  --max-steps "${VALIDATE_STEPS:-30}" --out "$out/validate" "${data[@]}"
 
 "$PY" -m benchmarks.evidence "$out"
