@@ -7,8 +7,10 @@ the LM head on target tokens only. Both train the same LoRA on the same examples
 of optimizer steps; we report real (non-padding) tokens/s, target tokens/s, step time, peak memory,
 MFU on CUDA, and the harness/plain ratio.
 
-    python benchmarks/throughput.py --model HuggingFaceTB/SmolLM2-135M --batch 4 --steps 8
-    python benchmarks/throughput.py --model TinyLlama/TinyLlama-1.1B-Chat-v1.0 --adapter qlora --batch 2
+    python -m benchmarks.throughput --model HuggingFaceTB/SmolLM2-135M --batch 4 --steps 8
+    python -m benchmarks.throughput --model TinyLlama/TinyLlama-1.1B-Chat-v1.0 --adapter qlora --batch 2
+
+The same loops run under pytest-benchmark in benchmarks/test_training_speed.py.
 """
 
 from __future__ import annotations
@@ -22,13 +24,13 @@ from typing import Any
 
 import torch
 
+from benchmarks.flops import frozen_base_flops_per_token, mfu
 from harness.config import load_config
 from harness.data.batching import Batch, epoch_batches
 from harness.data.formatting import pad_token_id
 from harness.recipe import prepare_run
 from harness.training import build_optimizer, training_step
 
-H100_BF16_DENSE_FLOPS = 989e12
 ALPACA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_data_1k.json"
 
 
@@ -68,10 +70,15 @@ def measure(name: str, run: Any, batches: list[Batch], step: Any, warmup: int) -
         "padding_waste": 1 - tokens / sum(b.inputs["input_ids"].numel() for b in batches[warmup:]),
         "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None,
     }
-    if device.type == "cuda":
-        width = batches[0].inputs["input_ids"].shape[1]
-        result["mfu"] = result["tokens_per_s"] * run.info.training_flops_per_token(width) / H100_BF16_DENSE_FLOPS
+    width = statistics.mean(b.inputs["input_ids"].shape[1] for b in batches[warmup:])
+    result["flops_per_token"] = frozen_base_flops_per_token(run.info, round(width))
+    result["mfu"] = mfu(result["tokens_per_s"], result["flops_per_token"], device_name(), str(run.dtype))
     return result
+
+
+def device_name() -> str:
+    """What torch calls the device the run uses: the CUDA device name, or ``cpu``."""
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
 def main() -> None:
@@ -137,10 +144,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for r in results:
         peak = f"{r['peak_gb']:.2f}" if r["peak_gb"] is not None else "n/a"
-        mfu = f"{r['mfu']:.1%}" if "mfu" in r else "n/a"
+        util = f"{r['mfu']:.1%}" if r["mfu"] is not None else "unknown"
         print(
             f"| {r['name']} | {r['tokens_per_s']:.0f} | {r['target_tokens_per_s']:.0f} | {r['step_s']:.2f} | "
-            f"{r['padding_waste']:.0%} | {peak} | {mfu} |"
+            f"{r['padding_waste']:.0%} | {peak} | {util} |"
         )
     print(f"harness / plain, target tokens per second: x{ratio:.2f}")
 

@@ -106,18 +106,26 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _preflight(config: Any) -> None:
-    """On CUDA, predict the peak before any weights load; refuse (exit 2) what cannot fit."""
+def _preflight(config: Any) -> Any:
+    """On CUDA, choose gradient checkpointing by the free memory when the config leaves it null, predict
+    the peak before any weights load and refuse (exit 2) what cannot fit; returns the config to run."""
     import torch
 
     from harness.loading import pick_device
 
     if pick_device(config.training.device).type != "cuda":
-        return
-    from harness.memory.probe import preflight
+        return config
+    from harness.memory.probe import choose_checkpointing, preflight
 
-    result = preflight(config, torch.cuda.mem_get_info()[0] / 2**30)
-    print(f"memory: PREDICTED peak {result['predicted_peak_gib']:.2f} GiB of {result['free_gib']:.2f} GiB free")
+    free_gib = torch.cuda.mem_get_info()[0] / 2**30
+    config = choose_checkpointing(config, free_gib)
+    result = preflight(config, free_gib)
+    checkpointing = "on" if config.training.gradient_checkpointing else "off"
+    print(
+        f"memory: PREDICTED peak {result['predicted_peak_gib']:.2f} GiB of {result['free_gib']:.2f} GiB free "
+        f"(gradient checkpointing {checkpointing})"
+    )
+    return config
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -132,7 +140,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise HarnessError(
             f"training.engine: {config.training.engine} is for harness validate; harness train runs the harness loop"
         )
-    _preflight(config)
+    config = _preflight(config)
     world = distributed.init_from_env()
 
     def say(*parts: Any, **kwargs: Any) -> None:
@@ -269,7 +277,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if under_torchrun and (config.training.engine == "trl" or config.validation.compare_engines):
         raise HarnessError("--engine trl/both: TRL's SFTTrainer is validated in one process; run without torchrun")
-    _preflight(config)
+    config = _preflight(config)
     world = distributed.init_from_env()
     if world.is_main:
         _announce_ignored(config)

@@ -136,7 +136,12 @@ class TrainingSection:
     packing: bool = _field(False, Rule("bool"))
     group_by_length: bool = _field(False, Rule("bool"))
     gradient_checkpointing: bool | None = _field(
-        None, Rule("bool", "true, false or null (auto: on for QLoRA on CUDA)", optional=True)
+        None,
+        Rule(
+            "bool",
+            "true, false or null (auto: by free GPU memory in train/validate, else on for QLoRA on CUDA)",
+            optional=True,
+        ),
     )
     dtype: str = _field("auto", _choice(*_DTYPES))
     device: str = _field("auto", _choice("auto", "cpu", "cuda"))

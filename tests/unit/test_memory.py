@@ -16,7 +16,8 @@ from harness.config import config_from_dict
 from harness.errors import ConfigError
 from harness.memory import cuda_rules
 from harness.memory.model_configs import model_config
-from harness.memory.probe import preflight, probe
+from harness.memory.predictor import predict
+from harness.memory.probe import choose_checkpointing, preflight, probe
 from harness.memory.tables import ROWS
 
 TINY = "harness/tiny-random-llama"
@@ -96,6 +97,31 @@ def test_a_gpu_too_small_gets_levers_each_predicted() -> None:
 def test_preflight_passes_a_run_that_fits_the_free_memory() -> None:
     result = preflight(_tiny(), free_gib=1.0)
     assert result["predicted_peak_gib"] < result["free_gib"]
+
+
+def test_checkpointing_default_is_off_when_the_run_fits_without_it() -> None:
+    chosen = choose_checkpointing(_tiny(256), free_gib=1.0)
+    assert chosen.training.gradient_checkpointing is False
+
+
+def test_checkpointing_default_is_on_when_only_the_run_with_it_fits() -> None:
+    without, with_it = (
+        predict(model_config(TINY), _tiny(256, gradient_checkpointing=flag)).peak_gib for flag in (False, True)
+    )
+    print(f"\npredicted peak: {without:.5f} GiB without checkpointing, {with_it:.5f} GiB with it")
+    assert with_it < without
+    assert choose_checkpointing(_tiny(256), free_gib=(with_it + without) / 2).training.gradient_checkpointing is True
+
+
+def test_configured_checkpointing_is_kept_whatever_the_free_memory() -> None:
+    assert (
+        choose_checkpointing(_tiny(256, gradient_checkpointing=False), free_gib=1e-9).training.gradient_checkpointing
+        is False
+    )
+    assert (
+        choose_checkpointing(_tiny(256, gradient_checkpointing=True), free_gib=1.0).training.gradient_checkpointing
+        is True
+    )
 
 
 def test_preflight_refuses_in_one_line_with_the_cheapest_lever() -> None:
