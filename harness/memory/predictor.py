@@ -63,6 +63,7 @@ class LiveStorage(TorchDispatchMode):
         self.peak_op = ""
         self.peak_phase = ""
         self.phase = "build"
+        self.regions: dict[str, tuple[int, str]] = {}  # region -> (peak bytes, op at it)
         self._seen: Any = weakref.WeakKeyDictionary()
 
     def track(self, tensor: torch.Tensor, op: str) -> None:
@@ -73,10 +74,11 @@ class LiveStorage(TorchDispatchMode):
         self._seen[storage] = size
         weakref.finalize(storage, self._free, size)
         self.live += size
+        region = f"{self.phase}, {_part()}"
+        if self.live > self.regions.get(region, (-1, ""))[0]:
+            self.regions[region] = (self.live, op)
         if self.live > self.peak:
-            self.peak, self.peak_op = self.live, op
-            backward = torch._C._current_autograd_node() is not None
-            self.peak_phase = f"{self.phase}, {'backward' if backward else 'forward/optimizer'}"
+            self.peak, self.peak_op, self.peak_phase = self.live, op, region
 
     def _free(self, size: int) -> None:
         self.live -= size
@@ -96,6 +98,14 @@ class LiveStorage(TorchDispatchMode):
             if isinstance(leaf, torch.Tensor):
                 self.track(leaf, name)
         return out
+
+
+def _part() -> str:
+    """Which part of a step allocates: the parts have different per-layer slopes, so each gets its own
+    peak (see ``predict``'s layer extrapolation)."""
+    if torch._C._current_autograd_node() is not None:
+        return "backward"
+    return "forward" if torch.is_grad_enabled() else "no-grad (optimizer, clipping, eval)"
 
 
 def _all_true_positions(index: torch.Tensor | None) -> list[Any]:
@@ -213,6 +223,19 @@ def build_meta_model(model_config: dict[str, Any], config: RunConfig, dtype: tor
     return model
 
 
+@dataclass
+class _Run:
+    """One fake execution: the peak of every region and the static bytes (weights, quantization
+    statistics, adapter, gradients + optimizer state)."""
+
+    regions: dict[str, tuple[int, str]]
+    statics: tuple[float, ...]
+
+
+EXTRAPOLATE_FROM = (1, 2, 3)  # decoder layers actually executed when the model has more
+ONE_OFF_BYTES = 4096
+
+
 def predict(
     model_config: dict[str, Any],
     config: RunConfig,
@@ -223,12 +246,7 @@ def predict(
     """Predicted peak of ``steps`` training steps of ``config`` on CUDA, as the harness trains, or as
     ``program`` does (a module with ``adapt(model, config)`` and ``step(model, optimizer, batch size,
     length)``: the reference program)."""
-    import time
-
-    from harness.adapters import build_adapter
-
-    began = time.perf_counter()
-    info = checked_info(model_config, config)
+    checked_info(model_config, config)
     dtype = cuda_dtype(config)
     # The rule config gives for CUDA, made explicit: build_adapter would otherwise read the fake
     # model's CPU device and apply the CPU default.
@@ -236,25 +254,89 @@ def predict(
         config,
         training=dataclasses.replace(config.training, gradient_checkpointing=config.gradient_checkpointing("cuda")),
     )
+
+    def run(layers_config: dict[str, Any]) -> _Run:
+        return _train_steps(layers_config, on_cuda, dtype, program, steps)
+
+    return _extrapolated(model_config, run)
+
+
+def _train_steps(model_config: dict[str, Any], config: RunConfig, dtype: torch.dtype, program: Any, steps: int) -> _Run:
+    from harness.adapters import build_adapter
+
+    info = checked_info(model_config, config)
     counter = LiveStorage()
     batch_size, length = config.training.batch_size, config.dataset.max_length
-    model = build_meta_model(model_config, on_cuda, dtype)
+    model = build_meta_model(model_config, config, dtype)
     with fake_execution(counter):
-        _materialize(model, dtype, on_cuda.quantization)
+        _materialize(model, dtype, config.quantization)
         if program is None:
-            model, _summary = build_adapter(model, on_cuda, info)
-            run = _harness_step(on_cuda)
+            model, _summary = build_adapter(model, config, info)
+            run = _harness_step(config)
         else:
-            model, run = program.adapt(model, on_cuda), program.step
+            model, run = program.adapt(model, config), program.step
         optimizer = None
         for index in range(steps):
             counter.phase = f"step {index + 1}"
             optimizer = run(model, optimizer, batch_size, length)
         statics = _static_bytes(model, optimizer)
-    peak = counter.peak
-    weights, quant, adapter, optimizer_bytes = (b / GIB for b in statics)
-    breakdown = Breakdown(weights, quant, adapter, optimizer_bytes, (peak - sum(statics)) / GIB)
-    return Prediction(peak / GIB, breakdown, counter.peak_op, counter.peak_phase, time.perf_counter() - began)
+    return _Run(counter.regions, statics)
+
+
+def _extrapolated(model_config: dict[str, Any], run: Callable[[dict[str, Any]], _Run]) -> Prediction:
+    """The prediction for the model's depth from fake runs of 1, 2 and 3 decoder layers.
+
+    Decoder layers are identical, so every region's peak (a part of a step: forward, backward,
+    no-grad) and every static size is affine in the depth: forward peaks sit in the last layer or the
+    head after all layers saved their activations, a backward peak in its first or last layer by the
+    sign of (activation - gradient) per layer, which the depth does not change. Three depths check it
+    (to 4 KiB); where any region is not exactly affine the full depth runs instead (slower, never a
+    guess). Regions are extrapolated separately because their slopes differ (full fine-tuning: the
+    optimizer's per-layer state against the activations), so the overall peak can move between them.
+    """
+    import time
+
+    began = time.perf_counter()
+    depth = int(model_config["num_hidden_layers"])
+    if depth <= EXTRAPOLATE_FROM[-1]:
+        return _prediction(run(model_config), began, [])
+    runs = [run({**model_config, "num_hidden_layers": n}) for n in EXTRAPOLATE_FROM]
+    extrapolated = _affine(runs, depth)
+    if extrapolated is None:
+        return _prediction(run(model_config), began, ["full depth: the per-layer sizes were not affine"])
+    return _prediction(extrapolated, began, [f"extrapolated exactly from {EXTRAPOLATE_FROM} of {depth} layers"])
+
+
+def _affine(runs: list[_Run], depth: int) -> _Run | None:
+    """``runs`` at 1, 2, 3 layers carried to ``depth``, or None where a value is not affine in the depth."""
+    one, two, three = runs
+    if not one.regions.keys() == two.regions.keys() == three.regions.keys():
+        return None
+
+    def carry(a: float, b: float, c: float) -> float | None:
+        # From 2 and 3 layers: the process's first fake run also counts a few one-off bytes (a cached
+        # 16-byte scalar), hence the tolerance, far below what rounding to 0.01 GiB would show.
+        return c + (depth - 3) * (c - b) if abs((c - b) - (b - a)) <= ONE_OFF_BYTES else None
+
+    regions = {}
+    for name in one.regions:
+        peak = carry(one.regions[name][0], two.regions[name][0], three.regions[name][0])
+        if peak is None:
+            return None
+        regions[name] = (int(peak), three.regions[name][1])
+    statics = [carry(*values) for values in zip(one.statics, two.statics, three.statics, strict=True)]
+    if any(value is None for value in statics):
+        return None
+    return _Run(regions, tuple(float(value or 0) for value in statics))
+
+
+def _prediction(run: _Run, began: float, notes: list[str]) -> Prediction:
+    import time
+
+    phase, (peak, op) = max(run.regions.items(), key=lambda item: item[1][0])
+    weights, quant, adapter, optimizer_bytes = (b / GIB for b in run.statics)
+    breakdown = Breakdown(weights, quant, adapter, optimizer_bytes, (peak - sum(run.statics)) / GIB)
+    return Prediction(peak / GIB, breakdown, op, phase, time.perf_counter() - began, notes)
 
 
 def cuda_dtype(config: RunConfig) -> torch.dtype:
@@ -275,23 +357,23 @@ def checked_info(model_config: dict[str, Any], config: RunConfig) -> ModelInfo:
 
 def predict_inference(model_config: dict[str, Any], config: RunConfig) -> Prediction:
     """Predicted peak of one no-grad forward with the harness's eval loss (inference rows)."""
-    import time
-
-    from harness.training import evaluate_loss
-
-    began = time.perf_counter()
     checked_info(model_config, config)
     dtype = cuda_dtype(config)
-    counter = LiveStorage()
-    model = build_meta_model(model_config, config, dtype)
-    with fake_execution(counter):
-        _materialize(model, dtype, config.quantization)
-        counter.phase = "inference"
-        vocab = model.get_output_embeddings().weight.shape[0]
-        evaluate_loss(model, [random_batch(config.training.batch_size, config.dataset.max_length, vocab)], "cpu")
-        weights = sum(p.untyped_storage().nbytes() for p in model.parameters())
-    breakdown = Breakdown(weights / GIB, 0.0, 0.0, 0.0, (counter.peak - weights) / GIB)
-    return Prediction(counter.peak / GIB, breakdown, counter.peak_op, counter.peak_phase, time.perf_counter() - began)
+
+    def run(layers_config: dict[str, Any]) -> _Run:
+        from harness.training import evaluate_loss
+
+        counter = LiveStorage()
+        model = build_meta_model(layers_config, config, dtype)
+        with fake_execution(counter):
+            _materialize(model, dtype, config.quantization)
+            counter.phase = "inference"
+            vocab = model.get_output_embeddings().weight.shape[0]
+            evaluate_loss(model, [random_batch(config.training.batch_size, config.dataset.max_length, vocab)], "cpu")
+            weights = sum(p.untyped_storage().nbytes() for p in model.parameters())
+        return _Run(counter.regions, (weights, 0, 0, 0))
+
+    return _extrapolated(model_config, run)
 
 
 def _static_bytes(model: Any, optimizer: Any) -> tuple[float, float, float, float]:

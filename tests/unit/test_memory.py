@@ -3,6 +3,7 @@ verdict and levers, the CUDA preflight's decision with a faked free-memory value
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -212,3 +213,38 @@ def test_cli_preflight_on_a_faked_cuda_device_stops_before_loading(
     err = capsys.readouterr().err
     print(err)
     assert err.startswith("error: ") and "GiB exceeds the 9.54e-07 GiB free on the GPU" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("adapter", ["lora", "qlora", "none"])
+def test_the_layer_extrapolation_equals_the_full_depth(adapter: str) -> None:
+    """The reference is the full depth fake-executed (what the predictor did before it extrapolated):
+    8 tiny layers, where full fine-tuning's optimizer state competes with the activations."""
+    from harness.memory import predictor
+
+    deep = model_config(TINY) | {"num_hidden_layers": 8}
+    config = dataclasses.replace(_tiny(), adapter=adapter)
+    prediction = predictor.predict(deep, config)
+    on_cuda = dataclasses.replace(
+        config,
+        training=dataclasses.replace(config.training, gradient_checkpointing=config.gradient_checkpointing("cuda")),
+    )
+    full = predictor._train_steps(deep, on_cuda, torch.bfloat16, None, 2)
+    full_peak = max(peak for peak, _op in full.regions.values())
+    print(f"\n{adapter}: extrapolated {prediction.peak_gib * predictor.GIB:.0f} B, full depth {full_peak} B")
+    assert prediction.notes == ["extrapolated exactly from (1, 2, 3) of 8 layers"]
+    assert abs(prediction.peak_gib * predictor.GIB - full_peak) <= predictor.ONE_OFF_BYTES
+    assert prediction.breakdown.base_weights * predictor.GIB == full.statics[0]
+
+
+def test_a_depth_that_is_not_affine_runs_in_full() -> None:
+    """The FAIL side: per-layer sizes that are not affine in the depth are never extrapolated."""
+    from harness.memory import predictor
+
+    def run(layers_config: dict[str, Any]) -> Any:
+        layers = layers_config["num_hidden_layers"]
+        return predictor._Run({"step 1, forward": (layers**2 * 10**6, "aten::mm")}, (0, 0, 0, 0))
+
+    prediction = predictor._extrapolated({"num_hidden_layers": 8}, run)
+    print(f"\nquadratic in the depth: {prediction.peak_gib * predictor.GIB:.0f} B, {prediction.notes}")
+    assert prediction.peak_gib * predictor.GIB == 64 * 10**6
+    assert prediction.notes == ["full depth: the per-layer sizes were not affine"]
