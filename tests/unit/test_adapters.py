@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -136,7 +138,10 @@ def test_merge_refuses_a_quantized_base(tiny_llama):
     peft_model, _ = build_adapter(
         load_model(tiny_llama.path, quantization=cfg.quantization), cfg, ModelInfo.from_config(tiny_llama.path)
     )
-    with pytest.raises(AdapterError, match="the base is quantized; dequantize_model"):
+    with pytest.raises(
+        AdapterError,
+        match=r"^merge_adapter: the base is quantized; dequantize_model\(base\) first, then load the adapter$",
+    ):
         merge_adapter(peft_model)
 
 
@@ -240,3 +245,56 @@ def test_dequantize_refuses_an_unquantized_model(tiny):
 
     with pytest.raises(AdapterError, match=r"^dequantize_model: the model was not loaded quantized"):
         dequantize_model(tiny[0])
+
+
+def test_full_fine_tune_summary(tiny):
+    model, info = tiny
+    _, summary = build_adapter(model, config(adapter="none"), info)
+    assert (summary.kind, summary.target_modules, summary.lora_layers) == ("full fine-tune", (), 0)
+
+
+def test_qlora_needs_a_quantized_base(tiny):
+    model, info = tiny
+    with pytest.raises(
+        AdapterError,
+        match="^"
+        + re.escape("adapter: qlora needs the base model loaded with quantization (load_model(..., quantization=...))")
+        + "$",
+    ):
+        build_adapter(model, config(adapter="qlora"), info)
+
+
+def eight_bit(tiny_llama):
+    cfg = config(adapter="qlora", **{"quantization.bits": 8, "lora.r": 4})
+    return load_model(tiny_llama.path, quantization=cfg.quantization), cfg
+
+
+def test_qlora_builds_on_an_8bit_base(tiny_llama):
+    model, cfg = eight_bit(tiny_llama)
+    _, summary = build_adapter(model, cfg, ModelInfo.from_config(tiny_llama.path))
+    assert (summary.kind, summary.lora_layers) == ("qlora", 2 * 7)
+
+
+def test_merge_refuses_an_8bit_base(tiny_llama):
+    from harness.adapters import merge_adapter
+
+    model, cfg = eight_bit(tiny_llama)
+    peft_model, _ = build_adapter(model, cfg, ModelInfo.from_config(tiny_llama.path))
+    with pytest.raises(AdapterError, match=r"^merge_adapter: the base is quantized"):
+        merge_adapter(peft_model)
+
+
+def test_dequantized_8bit_base_is_plain(tiny_llama):
+    from harness.adapters import dequantize_model
+
+    model = dequantize_model(eight_bit(tiny_llama)[0])
+    assert not model.is_loaded_in_8bit
+    assert not any(type(m).__name__ == "Linear8bitLt" for m in model.modules())
+
+
+def test_dequantize_casts_every_weight_to_the_dtype(tiny_llama):
+    from harness.adapters import dequantize_model
+
+    cfg = config(adapter="qlora")
+    model = dequantize_model(load_model(tiny_llama.path, quantization=cfg.quantization), torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
