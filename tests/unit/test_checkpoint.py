@@ -111,6 +111,9 @@ def test_training_state_round_trips(tmp_path, tiny_llama):
         "batch_in_epoch": 2,
         "examples_seen": 12,
     }
+    assert (directory / "trainer_state.json").read_text() == (
+        '{\n  "step": 3,\n  "epoch": 1,\n  "batch_in_epoch": 2,\n  "examples_seen": 12\n}\n'
+    )
     loaded = load_training_state(directory)
     assert (loaded.step, loaded.epoch, loaded.batch_in_epoch, loaded.extra) == (3, 1, 2, {"examples_seen": 12})
     assert torch.equal(loaded.optimizer["state"][0]["exp_avg"], torch.arange(3.0))
@@ -206,8 +209,8 @@ def test_full_weights_load_back(tmp_path, tiny_llama):
 
 def test_full_weights_missing_a_tensor_are_refused(tmp_path, tiny_llama):
     directory = save_checkpoint(adapted(tiny_llama, "none"), tmp_path / "ckpt")
-    rewrite_weights(directory, "model.safetensors", lambda t: {k: v for k, v in t.items() if "layers.1.mlp" not in k})
-    with pytest.raises(CheckpointError, match=r"model.safetensors: does not match this model \(missing .*layers.1.mlp"):
+    rewrite_weights(directory, "model.safetensors", lambda t: {k: v for k, v in t.items() if "1.mlp.down" not in k})
+    with pytest.raises(CheckpointError, match=r"\(missing model.layers.1.mlp.down_proj.weight\)$"):
         load_weights_into(adapted(tiny_llama, "none"), directory)
 
 
@@ -223,3 +226,35 @@ def test_a_checkpoint_without_weights_is_named(tmp_path, tiny_llama):
     write_manifest(tmp_path / "ckpt")
     with pytest.raises(CheckpointError, match=r"ckpt: no adapter_model.safetensors or model.safetensors$"):
         load_weights_into(adapted(tiny_llama), tmp_path / "ckpt")
+
+
+def test_save_creates_missing_parent_directories(tmp_path, tiny_llama):
+    directory = save_checkpoint(adapted(tiny_llama), tmp_path / "a" / "b" / "checkpoint-1")
+    verify_checkpoint(directory)
+
+
+def test_save_under_a_file_names_the_os_error(tmp_path, tiny_llama):
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(CheckpointError, match=r"could not save \(File exists\); earlier checkpoints are kept$"):
+        save_checkpoint(adapted(tiny_llama), tmp_path / "taken" / "checkpoint-1")
+
+
+class Payload:
+    """Not a tensor or plain container: a weights_only load must refuse it."""
+
+
+def test_training_state_that_would_run_code_is_refused(tmp_path, tiny_llama):
+    directory = save_checkpoint(adapted(tiny_llama), tmp_path / "ckpt", TrainingState(1, 0, 1, {}, {}, {}, {}))
+    torch.save({"optimizer": {}, "scheduler": {}, "rng": {}, "x": Payload()}, directory / "training_state.pt")
+    write_manifest(directory)
+    with pytest.raises(CheckpointError, match=r"training_state.pt: unreadable training state \(UnpicklingError\)$"):
+        load_training_state(directory)
+
+
+def test_full_weights_of_another_shape_are_named(tmp_path, tiny_llama):
+    directory = save_checkpoint(adapted(tiny_llama, "none"), tmp_path / "ckpt")
+    rewrite_weights(directory, "model.safetensors", lambda t: t | {"model.norm.weight": torch.ones(3)})
+    with pytest.raises(
+        CheckpointError, match=r"model.safetensors: does not fit this model \(size mismatch.*model.norm"
+    ):
+        load_weights_into(adapted(tiny_llama, "none"), directory)
