@@ -1,5 +1,6 @@
-"""Which examples share a batch under group_by_length, and how many examples the first packed rows hold:
-behaviour pinned through epoch_batches and packed_prefix (mutmut survivors in batching.py)."""
+"""How many examples the first packed rows hold, pinned through packed_prefix (a mutmut survivor in
+batching.py). Which examples share a batch under group_by_length is transformers' own
+get_length_grouped_indices, tested equal to LengthGroupedSampler in test_library_parity.py."""
 
 from __future__ import annotations
 
@@ -22,15 +23,6 @@ def grouped_batches(lengths, batch_size, seed=0):
         group_by_length=True,
     )
     return [sorted(int(n) for n in b.inputs["attention_mask"].sum(dim=1)) for b in batches]
-
-
-def test_grouping_pairs_the_longest_first_so_the_short_remainder_stands_alone():
-    """Like transformers' LengthGroupedSampler: longest first inside a window, so with an odd count the
-    batch left short holds the shortest example, not the longest."""
-    lengths = [10, 70, 30, 50, 20, 60, 40]
-    batches = grouped_batches(lengths, batch_size=2)
-    print(batches)
-    assert sorted(batches) == [[10], [20, 30], [40, 50], [60, 70]]
 
 
 def test_packed_prefix_counts_one_token_examples():
