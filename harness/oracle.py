@@ -148,6 +148,34 @@ def build_oracle_model(run: Run, initial: dict[str, torch.Tensor] | None = None)
     return model
 
 
+def trainer_arguments(run: Run, warmup_steps: float) -> dict[str, Any]:
+    """The harness run as transformers ``TrainingArguments`` keywords: batch, accumulation, epochs, step
+    cap, optimizer, schedule, clipping, seed, a log line per step, no saves or evals. One mapping for the
+    Trainer oracle and the TRL engine, so both replay the same run."""
+    config, training = run.config, run.config.training
+    return {
+        "per_device_train_batch_size": training.batch_size,
+        "gradient_accumulation_steps": training.gradient_accumulation_steps,
+        "num_train_epochs": training.epochs,
+        "max_steps": training.max_steps or -1,
+        "learning_rate": training.learning_rate,
+        "weight_decay": training.weight_decay,
+        "lr_scheduler_type": {"constant": "constant_with_warmup"}.get(training.lr_scheduler, training.lr_scheduler),
+        "warmup_steps": warmup_steps,
+        "max_grad_norm": training.max_grad_norm,
+        "optim": "adamw_torch_fused" if run.device.type == "cuda" else "adamw_torch",
+        "logging_strategy": "steps",
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "report_to": "none",
+        "seed": config.seed,
+        "use_cpu": run.device.type == "cpu",
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+    }
+
+
 def warmup_argument(training: TrainingSection, micro_batches_per_epoch: int) -> float:
     """``TrainingArguments.warmup_steps`` for a harness config. transformers reads a value < 1 as a ratio
     and rounds it up, as the harness does; 1.0 would read as one step, so a whole-run warmup is given
@@ -172,27 +200,7 @@ def run_oracle(run: Run, *, initial: dict[str, torch.Tensor] | None = None, outp
     warmup = warmup_argument(training, len(batches))
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(
-            output_dir=output_dir or scratch,
-            per_device_train_batch_size=training.batch_size,
-            gradient_accumulation_steps=training.gradient_accumulation_steps,
-            num_train_epochs=training.epochs,
-            max_steps=training.max_steps or -1,
-            learning_rate=training.learning_rate,
-            weight_decay=training.weight_decay,
-            lr_scheduler_type={"constant": "constant_with_warmup"}.get(training.lr_scheduler, training.lr_scheduler),
-            warmup_steps=warmup,
-            max_grad_norm=training.max_grad_norm,
-            optim="adamw_torch_fused" if run.device.type == "cuda" else "adamw_torch",
-            logging_strategy="steps",
-            logging_steps=1,
-            save_strategy="no",
-            eval_strategy="no",
-            report_to="none",
-            seed=config.seed,
-            use_cpu=run.device.type == "cpu",
-            remove_unused_columns=False,
-            dataloader_num_workers=0,
-            disable_tqdm=True,
+            output_dir=output_dir or scratch, **trainer_arguments(run, warmup), remove_unused_columns=False
         )
         trainer = _trainer_class()(model=model, args=args, batches=batches)
         for callback in (PrinterCallback, ProgressCallback):

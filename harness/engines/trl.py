@@ -34,7 +34,7 @@ from harness.adapters import lora_config, resolve_targets
 from harness.data.batching import epoch_order
 from harness.data.formatting import IGNORE_INDEX
 from harness.errors import ConfigError, TrainingError
-from harness.oracle import warmup_argument
+from harness.oracle import trainer_arguments, warmup_argument
 from harness.recipe import Run
 from harness.training import StepRecord, TrainResult, memory_mb
 
@@ -106,28 +106,10 @@ def _sft_config(run: Run, output_dir: Path, micro_batches_per_epoch: int) -> Any
     config, training = run.config, run.config.training
     return SFTConfig(
         output_dir=str(output_dir),
-        per_device_train_batch_size=training.batch_size,
-        gradient_accumulation_steps=training.gradient_accumulation_steps,
-        num_train_epochs=training.epochs,
-        max_steps=training.max_steps or -1,
-        learning_rate=training.learning_rate,
-        weight_decay=training.weight_decay,
-        lr_scheduler_type={"constant": "constant_with_warmup"}.get(training.lr_scheduler, training.lr_scheduler),
-        warmup_steps=warmup_argument(training, micro_batches_per_epoch),
-        max_grad_norm=training.max_grad_norm,
-        optim="adamw_torch_fused" if run.device.type == "cuda" else "adamw_torch",
-        logging_strategy="steps",
-        logging_steps=1,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to="none",
-        seed=config.seed,
-        use_cpu=run.device.type == "cpu",
+        **trainer_arguments(run, warmup_argument(training, micro_batches_per_epoch)),
         bf16=False,  # no autocast: the model is already in the harness's dtype, as in the harness loop
         fp16=False,
         gradient_checkpointing=config.gradient_checkpointing(run.device.type),
-        dataloader_num_workers=0,
-        disable_tqdm=True,
         max_length=config.dataset.max_length,
         packing=training.packing,
         completion_only_loss=not config.dataset.train_on_inputs,
