@@ -97,24 +97,32 @@ def _load_run_config(args: argparse.Namespace) -> Any:
 def _cmd_probe(args: argparse.Namespace) -> int:
     import json
 
+    import torch
+
     from harness.config import load_config
     from harness.memory.probe import check_gpu_gib, format_probe, probe
 
     check_gpu_gib(args.gpu_gib)
-    result = probe(load_config(args.config, args.set), args.gpu_gib)
+    measure = None
+    if torch.cuda.is_available() and not args.no_measure:
+        from harness.memory.measure import measure_steps
+
+        measure = measure_steps
+    result = probe(load_config(args.config, args.set), args.gpu_gib, measure)
     print(json.dumps(result, indent=2) if args.json else format_probe(result))
     return 0
 
 
-def _preflight(config: Any) -> Any:
+def _preflight(config: Any) -> tuple[Any, dict[str, Any] | None]:
     """On CUDA, choose gradient checkpointing by the free memory when the config leaves it null, predict
-    the peak before any weights load and refuse (exit 2) what cannot fit; returns the config to run."""
+    the peak before any weights load and refuse (exit 2) what cannot fit; returns the config to run and
+    the prediction (None off CUDA)."""
     import torch
 
     from harness.loading import pick_device
 
     if pick_device(config.training.device).type != "cuda":
-        return config
+        return config, None
     from harness.memory.probe import choose_checkpointing, preflight
 
     free_gib = torch.cuda.mem_get_info()[0] / 2**30
@@ -125,7 +133,7 @@ def _preflight(config: Any) -> Any:
         f"memory: PREDICTED peak {result['predicted_peak_gib']:.2f} GiB of {result['free_gib']:.2f} GiB free "
         f"(gradient checkpointing {checkpointing})"
     )
-    return config
+    return config, result
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -140,7 +148,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise HarnessError(
             f"training.engine: {config.training.engine} is for harness validate; harness train runs the harness loop"
         )
-    config = _preflight(config)
+    config, prediction = _preflight(config)
     world = distributed.init_from_env()
 
     def say(*parts: Any, **kwargs: Any) -> None:
@@ -201,6 +209,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     distributed.barrier(world)
     say(f"checkpoints: {', '.join(p.name for p in result.checkpoints)} in {output_dir}")
     say(f"final adapter: {output_dir / 'adapter_model.safetensors'} (load with peft.PeftModel.from_pretrained)")
+    if prediction is not None:
+        from harness.memory.measure import cuda_peak_gib
+        from harness.memory.probe import format_peaks
+
+        say(f"memory: {format_peaks(prediction['predicted_peak_gib'], cuda_peak_gib(run.device))}")
     return 0
 
 
@@ -277,7 +290,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if under_torchrun and (config.training.engine == "trl" or config.validation.compare_engines):
         raise HarnessError("--engine trl/both: TRL's SFTTrainer is validated in one process; run without torchrun")
-    config = _preflight(config)
+    config, prediction = _preflight(config)
     world = distributed.init_from_env()
     if world.is_main:
         _announce_ignored(config)
@@ -294,7 +307,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if world.is_main:
         ranks = f" on {world.size} ranks" if world.distributed else ""
         print(f"validating {config.source} -> {out}{ranks}", flush=True)
-    outcome = validate(config, out, on_progress=progress)
+    outcome = validate(config, out, on_progress=progress, preflight=prediction)
     if not world.is_main:
         return 0
     write_report(outcome)
@@ -411,6 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
     probe.add_argument("--json", action="store_true", help="print one JSON object")
     probe.add_argument("--gpu-gib", type=float, metavar="N", help="also say whether it fits in N GiB, and how")
+    probe.add_argument(
+        "--no-measure",
+        action="store_true",
+        help="on a machine with a GPU, skip the real steps (random init) measured beside the prediction",
+    )
     probe.set_defaults(handler=_cmd_probe)
 
     validate = commands.add_parser("validate", help="run the success criteria and write a report")

@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from harness import __version__
+from harness.memory.probe import format_peaks
+from harness.memory.tables import format_table
 from harness.validation import FAIL, PASS, SKIPPED, ValidationOutcome
+from harness.validation.evidence import MemoryEvidence
 
 SCHEMA_VERSION = 2  # 2: criteria judged on collected evidence (held-out loss, post-clip norms, reference lrs)
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "safetensors", "huggingface_hub", "trl")
@@ -80,6 +83,7 @@ def build_report(outcome: ValidationOutcome) -> dict[str, Any]:
         "training": training,
         **({"oracle": asdict(evidence.oracle)} if evidence.oracle is not None else {}),  # validation.oracle
         **({"engines": asdict(evidence.engines)} if evidence.engines is not None else {}),  # compare_engines
+        **({"memory": asdict(evidence.memory)} if evidence.memory is not None else {}),  # CUDA runs
         "criteria": [asdict(c) for c in outcome.criteria],
         "summary": counts | {"exit_code": outcome.exit_code, "result": "PASS" if outcome.exit_code == 0 else "FAIL"},
     }
@@ -140,6 +144,8 @@ def markdown(report: dict[str, Any], outcome: ValidationOutcome) -> str:
     if "step_cap" in facts:
         lines.append(f"- step cap: {facts['step_cap']}")
     lines += ["", "## Criteria", "", criteria_table(outcome), ""]
+    if outcome.evidence.memory is not None:
+        lines += memory_section(outcome.evidence.memory)
     after = outcome.evidence.after
     if after is not None and after.answers:
         lines += ["## Generations after training (first held-out examples)", ""]
@@ -151,6 +157,22 @@ def markdown(report: dict[str, Any], outcome: ValidationOutcome) -> str:
         lines.append("")
     lines += ["## Plots", "", "![loss](loss.png) ![learning rate](lr.png) ![gradient norm](grad_norm.png)", ""]
     return "\n".join(lines)
+
+
+def memory_section(memory: MemoryEvidence) -> list[str]:
+    """This run's peak GPU memory, PREDICTED and MEASURED, and the research document's section 5 rows."""
+    return [
+        "## GPU memory",
+        "",
+        f"- this run on {memory.device}: {format_peaks(memory.predicted_peak_gib, memory.measured_peak_gib)}"
+        + (f" ({memory.free_gib:.2f} GiB were free at the start)" if memory.free_gib is not None else ""),
+        "",
+        "The research document's section 5 VRAM tables, as this project's defaults are predicted to need them"
+        " (fake execution on CPU; MEASURED only where a GPU ran that row):",
+        "",
+        format_table(memory.section5),
+        "",
+    ]
 
 
 def plot(outcome: ValidationOutcome, out_dir: Path) -> list[Path]:

@@ -272,7 +272,7 @@ def _train_steps(model_config: dict[str, Any], config: RunConfig, dtype: torch.d
         _materialize(model, dtype, config.quantization)
         if program is None:
             model, _summary = build_adapter(model, config, info)
-            run = _harness_step(config)
+            run = HarnessStep(config)
         else:
             model, run = program.adapt(model, config), program.step
         optimizer = None
@@ -414,18 +414,25 @@ def random_batch(batch_size: int, length: int, vocab_size: int) -> Any:
     return Batch({"input_ids": ids, "labels": ids.clone()}, batch_size * length, batch_size * (length - 1))
 
 
-def _harness_step(config: RunConfig) -> Callable[[Any, Any, int, int], Any]:
-    """One optimizer step exactly as the harness's Trainer takes it on CUDA."""
-    from harness.training import build_optimizer, training_step
+class HarnessStep:
+    """One optimizer step exactly as the harness's Trainer takes it on CUDA, on full random rows.
 
-    def step(model: Any, optimizer: Any, batch_size: int, length: int) -> Any:
+    Under fake execution the tensors stay on ``cpu`` and the optimizer is built as for CUDA; on a real
+    device everything runs there. ``losses`` keeps each step's loss (a real run shows it trained)."""
+
+    def __init__(self, config: RunConfig, device: str = "cpu") -> None:
+        self.config, self.device = config, device
+        self.losses: list[float] = []
+
+    def __call__(self, model: Any, optimizer: Any, batch_size: int, length: int) -> Any:
+        from harness.training import build_optimizer, training_step
+
+        training = self.config.training
         if optimizer is None:
-            optimizer = build_optimizer(
-                model, config.training.learning_rate, config.training.weight_decay, torch.device("cuda")
-            )
+            kind = "cuda" if self.device == "cpu" else self.device
+            optimizer = build_optimizer(model, training.learning_rate, training.weight_decay, torch.device(kind))
         vocab = model.get_output_embeddings().weight.shape[0]
-        micro = [random_batch(batch_size, length, vocab) for _ in range(config.training.gradient_accumulation_steps)]
-        training_step(model, micro, optimizer, max_grad_norm=config.training.max_grad_norm, device="cpu")
+        micro = [random_batch(batch_size, length, vocab) for _ in range(training.gradient_accumulation_steps)]
+        result = training_step(model, micro, optimizer, max_grad_norm=training.max_grad_norm, device=self.device)
+        self.losses.append(result.loss)
         return optimizer
-
-    return step

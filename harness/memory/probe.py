@@ -4,15 +4,18 @@ against a GPU size and the levers that would make it fit, each with its own pred
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
 from harness.config import RunConfig
 from harness.errors import ConfigError
 from harness.memory import cuda_rules
+from harness.memory.measure import Measurement
 from harness.memory.model_configs import model_config
 from harness.memory.predictor import Prediction, predict
 
+Measurer = Callable[[dict[str, Any], RunConfig], Measurement]
 DEVICE_KINDS = ["NVIDIA CUDA, SDPA flash/efficient/math as on H100 (torch 2.11 cu130), bitsandbytes 4-bit"]
 
 
@@ -78,8 +81,9 @@ def verdict(prediction: Prediction, config: RunConfig, gpu_gib: float, *, all_le
     return {"fits": False, "gpu_gib": gpu_gib, "margin_gib": round(gpu_gib - prediction.peak_gib, 3), "levers": options}
 
 
-def probe(config: RunConfig, gpu_gib: float | None = None) -> dict[str, Any]:
-    """Everything ``harness probe --json`` prints."""
+def probe(config: RunConfig, gpu_gib: float | None = None, measure: Measurer | None = None) -> dict[str, Any]:
+    """Everything ``harness probe --json`` prints; ``measure`` (on a machine with a GPU: the real steps,
+    harness.memory.measure.measure_steps) adds the MEASURED peak beside the PREDICTED one."""
     check_gpu_gib(gpu_gib)
     prediction = predict(model_config(config.base_model), config)
     result: dict[str, Any] = {
@@ -103,7 +107,20 @@ def probe(config: RunConfig, gpu_gib: float | None = None) -> dict[str, Any]:
         result["note"] = "packed rows are predicted as full rows on a fused kernel (no dense B x L x L mask)"
     if gpu_gib is not None:
         result["verdict"] = verdict(prediction, config, gpu_gib)
+    if measure is not None:
+        result["measured"] = _measured(measure(model_config(config.base_model), config), prediction.peak_gib)
     return result
+
+
+def _measured(measurement: Measurement, predicted_gib: float) -> dict[str, Any]:
+    found: dict[str, Any] = {
+        "label": f"MEASURED ({len(measurement.losses)} real steps, random init, {measurement.device})",
+        "peak_gib": None if measurement.peak_gib is None else round(measurement.peak_gib, 3),
+        "losses": measurement.losses,
+    }
+    if measurement.peak_gib:
+        found["predicted_over_measured"] = round(predicted_gib / measurement.peak_gib, 3)
+    return found
 
 
 def format_probe(result: dict[str, Any]) -> str:
@@ -120,6 +137,11 @@ def format_probe(result: dict[str, Any]) -> str:
         lines.append(f"  WARNING: {outside}: CUDA's kernel choices may differ")
     if "note" in result:
         lines.append(f"  note: {result['note']}")
+    measured = result.get("measured")
+    if measured is not None:
+        peak = "no allocator statistics" if measured["peak_gib"] is None else f"{measured['peak_gib']:.2f} GiB"
+        ratio = measured.get("predicted_over_measured")
+        lines.append(f"{measured['label']} peak: {peak}" + (f"; PREDICTED / MEASURED = {ratio:.2f}" if ratio else ""))
     verdict_ = result.get("verdict")
     if verdict_:
         if verdict_["fits"]:
@@ -163,3 +185,15 @@ def preflight(config: RunConfig, free_gib: float) -> dict[str, Any]:
         f"{config.source}: PREDICTED peak {prediction.peak_gib:.3g} GiB exceeds the {free_gib:.3g} GiB free on "
         f"the GPU; {hint}"
     )
+
+
+def format_peaks(predicted_gib: float | None, measured_gib: float | None) -> str:
+    """One line, every number labelled PREDICTED or MEASURED, with their ratio where both exist."""
+    parts = []
+    if predicted_gib is not None:
+        parts.append(f"PREDICTED peak {predicted_gib:.2f} GiB")
+    if measured_gib is not None:
+        parts.append(f"MEASURED peak {measured_gib:.2f} GiB")
+    if predicted_gib is not None and measured_gib:
+        parts.append(f"PREDICTED / MEASURED = {predicted_gib / measured_gib:.2f}")
+    return ", ".join(parts) or "no prediction and no measurement"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harness.config import RunConfig
 from harness.validation.checks import CHECKS, FAIL, PASS, SKIPPED, Criterion, judge
@@ -42,10 +43,14 @@ def validate(
     *,
     on_progress: Callable[[str], None] | None = None,
     after_training: Callable[[Path], None] | None = None,
+    preflight: dict[str, Any] | None = None,
 ) -> ValidationOutcome:
     """Collect the evidence of one run and judge every criterion on it. On a data-parallel rank other
-    than 0 the criteria are left SKIPPED: rank 0 judges and reports."""
-    collector = EvidenceRun(config, out_dir, on_progress=on_progress, after_training=after_training)
+    than 0 the criteria are left SKIPPED: rank 0 judges and reports. ``preflight`` is the CLI's memory
+    prediction on CUDA, reported beside the measured peak."""
+    collector = EvidenceRun(
+        config, out_dir, on_progress=on_progress, after_training=after_training, preflight=preflight
+    )
     evidence = collector.collect()
     criteria = judge(evidence, collector.config.validation) if collector.world.is_main else []
     return ValidationOutcome(collector.config, Path(out_dir), evidence, criteria, collector.run)

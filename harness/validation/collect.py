@@ -27,6 +27,8 @@ from harness.data.formatting import IGNORE_INDEX, Example, PreparedData, pad_tok
 from harness.data.tasks import is_correct
 from harness.errors import ConfigError, HarnessError
 from harness.generation import generate_ids
+from harness.memory.measure import cuda_peak_gib, reset_peak
+from harness.memory.tables import predict_rows
 from harness.model_info import target_dims
 from harness.recipe import Run, prepare_run
 from harness.reference import reference_verdict
@@ -40,6 +42,7 @@ from harness.validation.evidence import (
     HeldOutLoss,
     LoadEvidence,
     LoraLayer,
+    MemoryEvidence,
     ModelState,
     OracleEvidence,
     ReloadEvidence,
@@ -113,18 +116,21 @@ def shifted_targets(example: Example) -> int:
 
 @torch.no_grad()
 def held_out_loss(model: Any, examples: list[Example], pad_id: int, device: torch.device) -> HeldOutLoss:
-    """Per-example summed next-token loss over target tokens. Only target positions go through the
-    LM head, as in training: the full [tokens x vocab] logits of a batch would cost more than the
-    forward pass itself on a CPU."""
+    """Per-example summed next-token loss over target tokens, in the order of ``examples``. Only target
+    positions go through the LM head, as in training: the full [tokens x vocab] logits of a batch would
+    cost more than the forward pass itself on a CPU. Batches are of similar lengths (alpaca's padding
+    was a third of every batch), which changes no example's loss: padding is masked."""
     was_training = model.training
     model.eval()
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = base.get_output_embeddings()
-    sums: list[float] = []
-    counts: list[int] = []
+    by_length = sorted(range(len(examples)), key=lambda index: len(examples[index].input_ids))
+    sums: list[float] = [0.0] * len(examples)
+    counts: list[int] = [0] * len(examples)
     try:
         for start in range(0, len(examples), EVAL_BATCH):
-            batch = pad_batch(examples[start : start + EVAL_BATCH], pad_id=pad_id).to(device)
+            indices = by_length[start : start + EVAL_BATCH]
+            batch = pad_batch([examples[i] for i in indices], pad_id=pad_id).to(device)
             inputs = {k: v for k, v in batch.inputs.items() if k != "labels"}
             hidden = base.model(**inputs, use_cache=False).last_hidden_state[:, :-1]
             labels = batch.inputs["labels"][:, 1:]
@@ -133,8 +139,8 @@ def held_out_loss(model: Any, examples: list[Example], pad_id: int, device: torc
             rows = selected.nonzero()[:, 0]
             per_row = torch.zeros(labels.shape[0], dtype=torch.float32, device=losses.device)
             per_row.index_add_(0, rows, losses)
-            sums.extend(float(v) for v in per_row)
-            counts.extend(int(v) for v in selected.sum(dim=1))
+            for index, total, count in zip(indices, per_row.tolist(), selected.sum(dim=1).tolist(), strict=True):
+                sums[index], counts[index] = total, count
     finally:
         model.train(was_training)
     return HeldOutLoss(sums, counts)
@@ -151,8 +157,10 @@ class EvidenceRun:
         *,
         on_progress: Callable[[str], None] | None = None,
         after_training: Callable[[Path], None] | None = None,
+        preflight: dict[str, Any] | None = None,
     ) -> None:
         self.config = config
+        self.preflight = preflight
         self.out_dir = Path(out_dir)
         self.progress = on_progress or (lambda _m: None)
         self.after_training = after_training
@@ -208,6 +216,7 @@ class EvidenceRun:
             self._stage("before", lambda: setattr(self.evidence, "before", self._measure_state("before")))
         self._require("training", self._train, "needs training to complete")
         if main:
+            self.evidence.memory = memory_evidence(self._run.device, self.preflight)
             self._stage("saved", self._measure_saved)
             self._stage("reload", self._measure_reload)
             self._stage("after", lambda: setattr(self.evidence, "after", self._measure_state("after")))
@@ -237,6 +246,7 @@ class EvidenceRun:
 
     def _load_model(self) -> None:
         run = self._run
+        reset_peak(run.device)
         began = time.perf_counter()
         self.base_model, report = run.load_base_with_report()
         resolved = run.resolved
@@ -536,6 +546,27 @@ class EvidenceRun:
             "lora_alpha": lora.alpha,
             "target_modules": list(run.adapter.target_modules),
         }
+
+
+def memory_evidence(
+    device: torch.device,
+    preflight: dict[str, Any] | None,
+    *,
+    peak_gib: Callable[[torch.device], float | None] = cuda_peak_gib,
+    section5: Callable[[], list[dict[str, Any]]] = predict_rows,
+) -> MemoryEvidence | None:
+    """On CUDA, the peak so far (read right after training) beside the pre-flight's prediction, and the
+    section 5 rows; None on any other device, where there is no GPU memory to report."""
+    if device.type != "cuda":
+        return None
+    preflight = preflight or {}
+    return MemoryEvidence(
+        device=torch.cuda.get_device_name(device),
+        predicted_peak_gib=preflight.get("predicted_peak_gib"),
+        free_gib=preflight.get("free_gib"),
+        measured_peak_gib=peak_gib(device),
+        section5=section5(),
+    )
 
 
 def _peft_parse_error(directory: Path) -> str | None:

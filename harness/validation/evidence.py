@@ -196,6 +196,19 @@ class EnginesEvidence:
 
 
 @dataclass
+class MemoryEvidence:
+    """A CUDA run's peak device memory: PREDICTED by the pre-flight before any weights loaded, MEASURED
+    as ``torch.cuda.max_memory_allocated`` since a reset before loading, read after training; and the
+    research document's section 5 rows as this project's defaults are predicted to need them."""
+
+    device: str
+    predicted_peak_gib: float | None  # None: no pre-flight ran (validate() called without the CLI)
+    free_gib: float | None
+    measured_peak_gib: float | None
+    section5: list[dict[str, Any]]
+
+
+@dataclass
 class Evidence:
     """Everything one validation run measured."""
 
@@ -212,6 +225,7 @@ class Evidence:
     after: ModelState | None = None
     oracle: OracleEvidence | None = None  # only when validation.oracle asks for it
     engines: EnginesEvidence | None = None  # only when validation.compare_engines asks for it
+    memory: MemoryEvidence | None = None  # only on CUDA
     engine: str = "harness"  # the trainer that produced training, saved and after (training.engine)
     errors: dict[str, str] = field(default_factory=dict)
     absent: dict[str, str] = field(default_factory=dict)

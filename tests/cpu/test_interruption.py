@@ -110,25 +110,34 @@ def test_signal_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path, un
     assert max_diff <= 1e-6
 
 
+# One process imports torch and builds the model once; each attempt is a fork of it that saves in a
+# loop until the test SIGKILLs it (10 fresh interpreters cost ~50 s of imports). One intra-op thread:
+# a fork is only safe before an OpenMP pool exists.
 SAVE_LOOP = """
-import sys, torch
+import os, sys, torch
 from pathlib import Path
+torch.set_num_threads(1)
 from harness.checkpoint import save_checkpoint
 from harness.config import load_config
 from harness.recipe import prepare_run
 run = prepare_run(load_config(None, ["base_model=harness/tiny-random-llama", "lora.r=4"]), with_data=False)
 model = run.build()
-out = Path(sys.argv[1])
-step = 1
-save_checkpoint(model, out / "checkpoint-000001")
-print("ready", flush=True)
-while True:
-    step += 1
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.01)
-    save_checkpoint(model, out / f"checkpoint-{step:06d}")
+for line in sys.stdin:
+    out = Path(line.strip())
+    pid = os.fork()
+    if pid == 0:
+        save_checkpoint(model, out / "checkpoint-000001")
+        print("ready", os.getpid(), flush=True)
+        step = 1
+        while True:
+            step += 1
+            with torch.no_grad():
+                for p in model.parameters():
+                    if p.requires_grad:
+                        p.add_(0.01)
+            save_checkpoint(model, out / f"checkpoint-{step:06d}")
+    _, status = os.waitpid(pid, 0)
+    print("killed" if os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9 else f"status {status}", flush=True)
 """
 
 
@@ -138,18 +147,22 @@ def test_sigkill_at_many_points_of_a_save_leaves_a_loadable_checkpoint(tmp_path,
 
     rng = random.Random(0)
     kills = 10
+    saver = subprocess.Popen(
+        [sys.executable, "-c", SAVE_LOOP],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
     for attempt in range(kills):
         out = tmp_path / f"attempt{attempt}"
-        child = subprocess.Popen(
-            [sys.executable, "-c", SAVE_LOOP, str(out)],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=dict(os.environ, HF_HUB_OFFLINE="1"),
-        )
-        assert child.stdout.readline().strip() == "ready"
+        saver.stdin.write(f"{out}\n")
+        saver.stdin.flush()
+        word, pid = saver.stdout.readline().split()
+        assert word == "ready"
         time.sleep(rng.uniform(0.0, 0.6))
-        child.kill()
-        child.wait()
+        os.kill(int(pid), signal.SIGKILL)
+        assert saver.stdout.readline().strip() == "killed"
         complete = list_checkpoints(out)
         assert complete, "the first checkpoint must survive"
         for directory in complete:
@@ -157,3 +170,5 @@ def test_sigkill_at_many_points_of_a_save_leaves_a_loadable_checkpoint(tmp_path,
         load_adapter(load_model(tiny_llama.path), complete[-1])
         leftovers = [p.name for p in out.iterdir() if p.name.startswith(".")]
         print(f"kill {attempt + 1}: {len(complete)} complete checkpoints, staging leftovers {leftovers}")
+    saver.stdin.close()
+    assert saver.wait(timeout=60) == 0

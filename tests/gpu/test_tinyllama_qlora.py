@@ -103,6 +103,9 @@ def test_phase4_config_trains_saves_and_reloads(tinyllama, alpaca_1k, tmp_path):
         timeout=1200,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    # The pre-flight's prediction and, after the run, the measured peak, each labelled.
+    memory = [line for line in done.stdout.splitlines() if line.startswith("memory: PREDICTED peak")]
+    assert len(memory) == 2 and "MEASURED peak" in memory[-1], done.stdout[-3000:]
     assert (tmp_path / "adapter_model.safetensors").is_file() and (tmp_path / "adapter_config.json").is_file()
     verify_checkpoint(tmp_path)
     base = load_model(tinyllama.path, device="cuda", dtype=torch.bfloat16)
