@@ -147,15 +147,15 @@ def test_generation_after_training_is_non_empty(trained):
 
 
 def test_resume_continues_to_the_same_final_loss(tmp_path):
-    sets = ["training.max_steps=6", "training.save_steps=3", "dataset.num_examples=64", "lora.dropout=0.1"]
+    sets = ["training.max_steps=4", "training.save_steps=2", "dataset.num_examples=32", "lora.dropout=0.1"]
     straight = prepare_run(smol_config(tmp_path / "straight", *sets))
     straight.build()
     full = straight.trainer().train()
     first = prepare_run(smol_config(tmp_path / "split", *sets))
     first.build()
     with pytest.raises(Interrupted):
-        first.trainer(on_step=interrupt_at(4)).train()  # step 3 saved, step 4 never saved
-    checkpoint = tmp_path / "split" / "checkpoint-000003"
+        first.trainer(on_step=interrupt_at(3)).train()  # step 2 saved, step 3 never saved
+    checkpoint = tmp_path / "split" / "checkpoint-000002"
     second = prepare_run(smol_config(tmp_path / "split", *sets))
     second.build()
     resumed = second.trainer().train(resume_from=checkpoint)
