@@ -7,7 +7,7 @@ module=$1; shift
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=${MUTATE_DIR:-/tmp/mutate}/$(basename "$module" .py)
 rm -rf "$work" && mkdir -p "$work"
-cp -r "$root/harness" "$root/tests" "$root/conftest.py" "$root/pyproject.toml" "$work/"
+cp -r "$root/harness" "$root/tests" "$root/configs" "$root/conftest.py" "$root/pyproject.toml" "$work/"
 cd "$work"
 python - "$module" "$@" <<'PY'
 import re, sys
