@@ -26,6 +26,7 @@ from harness.validation.checks import (
 from harness.validation.evidence import (
     AdapterEvidence,
     Answer,
+    EnginesEvidence,
     Evidence,
     ForwardEvidence,
     HeldOutLoss,
@@ -549,6 +550,18 @@ def test_free_text_generation_needs_coherent_answers_and_a_gain():
         ("!!!!!!!!", False),
         ("a b a b a b a b a b", False),
         ("\x00\x01\x02 word", False),
+        ("abcd efgh ijkl mnop\n", True),  # 19 of 20 printable: exactly 95% is enough
+        ("abcd efgh ijkl mno\n\n", False),  # 18 of 20
+        ("ab!! cd!!", True),  # exactly half of the visible characters alphanumeric is enough
+        ("ab!! cd!!!", False),  # 4 of 9
+        ("... ... ab cd", False),  # the spaces between words do not count as visible
+        ("!!!! a", False),
+        ("one two one two", True),  # exactly half the words distinct is enough
+        ("one two one two one", False),  # 2 of 5
+        ("I am a cat. I am a cat.", True),  # a phrase said twice: 4 of 8
+        ("I am a cat. I am a cat. I am a cat.", False),  # thrice: 4 of 12
+        ("to be or not to be", True),  # 4 of 6
+        ("to be or not to be to be or not to be", False),  # 4 of 12
     ],
 )
 def test_is_coherent(text, expected):
@@ -670,3 +683,150 @@ def test_a_failed_stage_only_skips_the_criteria_that_merely_need_it(spec):
     evidence.errors["training"] = "boom"
     criterion = judge_one(spec, evidence, T)
     assert (criterion.status, criterion.detail) == (SKIPPED, "needs training, which failed")
+
+
+# ---------------------------------------------------------------- the opt-in comparisons, to the letter
+
+ORACLE_THRESHOLD = (
+    "the same steps; every step's loss within 1e-05 relative, the final weights within 0.001 of their largest"
+)
+
+
+def oracle_verdict(theirs, *, weight_diff=1e-7, weight_scale=0.5, tolerance=1e-5, ours=(2.0, 1.0, 0.5)):
+    evidence = Evidence(oracle=OracleEvidence(list(ours), list(theirs), weight_diff, weight_scale, 3.0))
+    spec = next(s for s in CHECKS if s.id == "oracle_parity")
+    c = judge_one(spec, evidence, dataclasses.replace(ORACLE, oracle_tolerance=tolerance))
+    return c.status, c.measured, c.threshold, c.detail
+
+
+@pytest.mark.parametrize(
+    ("theirs", "expected"),
+    [
+        (
+            [2.0, 1.0, 0.5],
+            (
+                PASS,
+                "3 steps; max relative loss difference 0.0e+00; "
+                "final weights max |diff| 1.0e-07 (2.0e-07 of max |w| 0.5)",
+                ORACLE_THRESHOLD,
+                "transformers' Trainer took 3 s",
+            ),
+        ),
+        (
+            [2.0, 1.0, 0.4],
+            (
+                FAIL,
+                "3 steps; max relative loss difference 2.5e-01; "
+                "final weights max |diff| 1.0e-07 (2.0e-07 of max |w| 0.5)",
+                ORACLE_THRESHOLD,
+                "step 3: harness 0.5, transformers 0.4",
+            ),
+        ),
+        (
+            [2.0, 1.0],
+            (
+                FAIL,
+                "3 steps; max relative loss difference 0.0e+00; "
+                "final weights max |diff| 1.0e-07 (2.0e-07 of max |w| 0.5)",
+                ORACLE_THRESHOLD,
+                "the harness ran 3 steps, transformers' Trainer 2",
+            ),
+        ),
+    ],
+    ids=["agree", "last step off", "one step fewer"],
+)
+def test_oracle_parity_reports_its_measurements_to_the_letter(theirs, expected):
+    assert oracle_verdict(theirs) == expected
+
+
+def test_oracle_parity_is_relative_to_losses_and_weights_below_one():
+    """A loss of 0.1 off by 5e-6 is 5e-5 relative; weights of scale 0.5 off by 7.5e-4 are 1.5e-3."""
+    assert oracle_verdict([2.0, 1.0, 0.1 - 5e-6], ours=(2.0, 1.0, 0.1))[0] == FAIL
+    assert oracle_verdict([2.0, 1.0, 0.5], weight_diff=7.5e-4)[0] == FAIL
+    assert oracle_verdict([2.0, 1.0, 0.5], weight_diff=2.5e-4)[0] == PASS  # 5e-4 of the largest
+
+
+def test_oracle_parity_passes_a_difference_exactly_at_its_tolerances():
+    tolerance = 2**-10  # exact in binary: 1 + tolerance - 1 == tolerance
+    at_loss = oracle_verdict([1.0, 1.0, 1.0], ours=(1.0, 1.0, 1.0 + tolerance), tolerance=tolerance)
+    assert at_loss[0] == PASS, at_loss
+    at_weights = oracle_verdict([2.0, 1.0, 0.5], weight_diff=100 * tolerance * 0.5, tolerance=tolerance)
+    assert at_weights[0] == PASS, at_weights
+
+
+ENGINES_THRESHOLD = "the same steps; every step's loss within 0.001 relative (summation order differs)"
+
+
+def engines_verdict(ours, theirs, tolerance=1e-3):
+    evidence = Evidence(engines=EnginesEvidence(list(ours), list(theirs), False, 40.0))
+    spec = next(s for s in CHECKS if s.id == "engines_agree")
+    c = judge_one(spec, evidence, dataclasses.replace(T, compare_engines=True, engines_tolerance=tolerance))
+    return c.status, c.measured, c.threshold, c.detail
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "expected"),
+    [
+        (
+            [2.0, 1.0, 0.5],
+            [2.0, 1.0, 0.5],
+            (
+                PASS,
+                "3 steps; step 1: 0.0e+00; max relative loss difference 0.0e+00",
+                ENGINES_THRESHOLD,
+                "TRL's SFTTrainer and the harness loop; the second engine took 40 s",
+            ),
+        ),
+        (
+            [2.0, 1.0, 0.5],
+            [2.0, 1.0, 0.4],
+            (
+                FAIL,
+                "3 steps; step 1: 0.0e+00; max relative loss difference 2.5e-01",
+                ENGINES_THRESHOLD,
+                "step 3: harness 0.5, TRL 0.4",
+            ),
+        ),
+        (
+            [],
+            [],
+            (FAIL, "0 steps; max relative loss difference nan", ENGINES_THRESHOLD, "the harness ran 0 steps, TRL 0"),
+        ),
+    ],
+    ids=["agree", "last step off", "no steps"],
+)
+def test_engines_agree_reports_its_measurements_to_the_letter(ours, theirs, expected):
+    assert engines_verdict(ours, theirs) == expected
+
+
+def test_engines_agree_is_relative_to_losses_below_one_and_passes_exactly_at_its_tolerance():
+    assert engines_verdict([2.0, 0.1], [2.0, 0.1 - 5e-4])[0] == FAIL  # 5e-3 relative
+    tolerance = 2**-10
+    assert engines_verdict([1.0, 1.0 + tolerance], [1.0, 1.0], tolerance)[0] == PASS
+
+
+def test_a_held_out_drop_without_spread_is_infinitely_many_standard_errors():
+    """Every example's loss halved: the per-example drops have no spread."""
+    e = replace(good(), "before", held_out=HeldOutLoss([100.0] * 20, [10] * 20))
+    e = replace(e, "after", held_out=HeldOutLoss([50.0] * 20, [10] * 20))
+    criterion = judge_one(next(s for s in CHECKS if s.id == "loss_decreases"), e, T)
+    assert criterion.status == PASS
+    assert criterion.measured == "held-out loss 10.0000 -> 5.0000 (x0.500, inf standard errors; n=20) after 100 steps"
+
+
+@pytest.mark.parametrize(
+    ("decoded", "where"),
+    [("Hello world, and more", 11), ("Hello", 5), ("Hellp world", 4)],
+    ids=["longer", "cut short", "one character"],
+)
+def test_a_tokenizer_round_trip_names_the_first_character_that_differs(decoded, where):
+    e = replace(good(), "tokenizer", text="Hello world", decoded=decoded)
+    criterion = judge_one(next(s for s in CHECKS if s.id == "tokenizer_roundtrip"), e, T)
+    assert (criterion.status, criterion.detail) == (FAIL, f"first difference at character {where}")
+
+
+def test_task_answers_are_reported_per_family_in_the_order_first_seen():
+    replies = answers(9) + [Answer("2 + 2", "4", "5", True, False, "add"), Answer("1 + 1", "2", "2", True, True, "add")]
+    e = replace(good(), "after", answers=replies)
+    criterion = judge_one(next(s for s in CHECKS if s.id == "generation"), e, T)
+    assert criterion.detail == "after, per family: sort_numbers 90%, add 50%"
