@@ -162,15 +162,16 @@ def adapter_dimensions(ev: Evidence, t: ValidationSection) -> Verdict:
 
 def training_step(ev: Evidence, t: ValidationSection) -> Verdict:
     training = need(ev.training, "training")
+    threshold = "completes with a finite loss and a non-zero gradient reaching the trainable weights"
     if not training.steps:
-        return Verdict(False, "no step completed", "completes")
+        return Verdict(False, "no step completed", threshold)
     first = training.steps[0]
     flows = math.isfinite(first.grad_norm) and first.grad_norm > 0
     return Verdict(
         math.isfinite(first.loss) and first.tokens > 0 and flows,
         f"step 1: {first.tokens} tokens in {first.seconds:.2f} s, loss {first.loss:.4f}, "
         f"gradient norm {first.grad_norm:.3g}",
-        "completes with a finite loss and a non-zero gradient reaching the trainable weights",
+        threshold,
     )
 
 
@@ -249,16 +250,12 @@ def loss_decreases(ev: Evidence, t: ValidationSection) -> Verdict:
     return Verdict(
         ok,
         f"held-out loss {before.mean:.4f} -> {after.mean:.4f} (x{after.mean / before.mean:.3f}, "
-        f"{_z(z)} standard errors; n={len(before.sums)}) after {steps} steps",
+        f"{z:.1f} standard errors; n={len(before.sums)}) after {steps} steps",
         f"{ratio}>= {t.loss_decrease_min_z:g} standard errors, over >= {t.min_steps} steps",
         f"training loss: first step {training.steps[0].loss:.4f}, last {training.steps[-1].loss:.4f}"
         if training.steps
         else "",
     )
-
-
-def _z(z: float) -> str:
-    return "inf" if math.isinf(z) else f"{z:.1f}"
 
 
 def gradient_norms(ev: Evidence, t: ValidationSection) -> Verdict:

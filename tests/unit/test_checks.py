@@ -830,3 +830,24 @@ def test_task_answers_are_reported_per_family_in_the_order_first_seen():
     e = replace(good(), "after", answers=replies)
     criterion = judge_one(next(s for s in CHECKS if s.id == "generation"), e, T)
     assert criterion.detail == "after, per family: sort_numbers 90%, add 50%"
+
+
+def test_a_run_without_a_completed_step_fails_the_training_step():
+    criterion = judge_one(next(s for s in CHECKS if s.id == "training_step"), replace(good(), "training", steps=[]), T)
+    assert (criterion.status, criterion.measured, criterion.threshold) == (
+        FAIL,
+        "no step completed",
+        "completes with a finite loss and a non-zero gradient reaching the trainable weights",
+    )
+
+
+@pytest.mark.parametrize("side", ["before", "after"])
+def test_a_perplexity_not_measured_skips_the_forgetting_guard_naming_the_side(side):
+    e = replace(good(), side, reference_perplexity=None)
+    criterion = judge_one(next(s for s in CHECKS if s.id == "forgetting_guard"), e, T)
+    assert (criterion.status, criterion.detail) == (SKIPPED, f"not measured ({side})")
+
+
+def test_the_forgetting_guard_passes_a_perplexity_ratio_exactly_at_its_bound():
+    e = replace(replace(good(), "before", reference_perplexity=16.0), "after", reference_perplexity=24.0)
+    assert status(e, "forgetting_guard") == PASS  # x1.5
