@@ -851,3 +851,123 @@ def test_a_perplexity_not_measured_skips_the_forgetting_guard_naming_the_side(si
 def test_the_forgetting_guard_passes_a_perplexity_ratio_exactly_at_its_bound():
     e = replace(replace(good(), "before", reference_perplexity=16.0), "after", reference_perplexity=24.0)
     assert status(e, "forgetting_guard") == PASS  # x1.5
+
+
+# ---------------------------------------------------------------- edges, found by mutation testing
+
+
+def criterion(evidence: Evidence, check_id: str, thresholds: ValidationSection = T):
+    c = judge_one(next(s for s in CHECKS if s.id == check_id), evidence, thresholds)
+    return c.status, c.measured, c.threshold, c.detail
+
+
+def full_fine_tune() -> Evidence:
+    e = replace(good(), "adapter", kind="none", layers=[], target_modules=[], describe="full fine-tune")
+    e.adapter_kind = "none"
+    return e
+
+
+def test_a_full_fine_tune_skips_the_adapter_criteria_saying_why():
+    assert criterion(full_fine_tune(), "adapter_dimensions") == (SKIPPED, "", "", "full fine-tune: no LoRA layers")
+    assert criterion(full_fine_tune(), "adapter_config") == (SKIPPED, "", "", "full fine-tune: no adapter")
+
+
+def test_a_full_fine_tune_checkpoint_must_hold_weights():
+    e = replace(full_fine_tune(), "saved", file="model.safetensors", tensor_names=["lm_head.weight"])
+    assert criterion(e, "checkpoint_saves") == (
+        PASS,
+        "model.safetensors: readable safetensors, 1 tensors, 1,000 bytes",
+        "a readable safetensors file holding every model weight",
+        "/ckpt",
+    )
+    assert criterion(replace(e, "saved", tensor_names=[]), "checkpoint_saves")[0] == FAIL
+
+
+def test_a_full_fine_tune_reloads_with_from_pretrained():
+    e = replace(full_fine_tune(), "reload", adapter_effect=None, max_logit_diff=1e-4)
+    assert criterion(e, "checkpoint_loads") == (
+        PASS,  # exactly at the tolerance
+        "max |logit diff| 1.00e-04",
+        "<= 0.0001",
+        "reloaded with from_pretrained",
+    )
+
+
+def test_an_unreadable_checkpoint_says_so():
+    status_, measured, _, _ = criterion(replace(good(), "saved", readable=False), "checkpoint_saves")
+    assert (status_, measured) == (FAIL, "adapter_model.safetensors: unreadable safetensors, 8 tensors, 1,000 bytes")
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        lambda names: names[1:],  # layer 0 has lora_B only
+        lambda names: names + ["base_model.model.lm_head.weight"],  # every LoRA pair and one tensor more
+    ],
+    ids=["one matrix missing", "one tensor too many"],
+)
+def test_an_adapter_checkpoint_holds_exactly_both_matrices_of_every_layer(names):
+    e = good()
+    assert criterion(replace(e, "saved", tensor_names=names(e.saved.tensor_names)), "checkpoint_saves")[0] == FAIL
+
+
+@pytest.mark.parametrize(("piece", "check_id"), [("adapter", "checkpoint_saves"), ("adapter", "adapter_dimensions")])
+def test_a_criterion_without_its_evidence_names_what_was_not_measured(piece, check_id):
+    e = good()
+    setattr(e, piece, None)
+    assert criterion(e, check_id) == (SKIPPED, "", "", f"not measured ({piece})")
+
+
+@pytest.mark.parametrize("field", ["adapter_config", "expected_adapter_config"])
+def test_an_adapter_config_not_read_is_not_measured(field):
+    assert criterion(replace(good(), "reload", **{field: None}), "adapter_config") == (
+        SKIPPED,
+        "",
+        "",
+        "not measured (reload)",
+    )
+
+
+def test_an_adapter_config_that_peft_cannot_parse_reports_peft_first():
+    written = {k: v for k, v in good().reload.adapter_config.items() if k not in ("r", "peft_type")}
+    e = replace(good(), "reload", adapter_config=written, peft_parse_error="TypeError: r")
+    assert criterion(e, "adapter_config")[:2] == (FAIL, "not parsed")
+    assert criterion(e, "adapter_config")[3] == "peft.LoraConfig.from_pretrained: TypeError: r"
+    parsed = replace(good(), "reload", adapter_config=written)
+    assert criterion(parsed, "adapter_config")[3] == "missing peft_type, r"
+
+
+def test_a_reload_without_an_adapter_effect_reports_the_difference_alone():
+    e = replace(good(), "reload", adapter_effect=None)
+    assert criterion(e, "checkpoint_loads")[:2] == (PASS, "max |logit diff| 0.00e+00")
+
+
+def test_a_one_token_round_trip_passes():
+    assert status(replace(good(), "tokenizer", text="a", decoded="a", num_tokens=1), "tokenizer_roundtrip") == PASS
+
+
+def test_adapter_dimensions_need_at_least_one_layer_and_name_a_modelinfo_mismatch():
+    one = replace(good(), "adapter", num_hidden_layers=1, layers=layers(1))
+    assert status(one, "adapter_dimensions") == PASS
+    none = replace(good(), "adapter", num_hidden_layers=0, layers=[])
+    assert status(none, "adapter_dimensions") == FAIL
+    mispredicted = [dataclasses.replace(layer, predicted_out=32) for layer in layers()]
+    e = replace(good(), "adapter", layers=mispredicted)
+    assert criterion(e, "adapter_dimensions")[::3] == (
+        FAIL,
+        "base_model.model.model.layers.0.self_attn.q_proj: ModelInfo predicted 64->32, the layer is 64->64",
+    )
+
+
+@pytest.mark.parametrize(("tokens", "norm", "expected"), [(1, 0.5, PASS), (0, 0.5, FAIL), (1, 0.0, FAIL)])
+def test_the_first_step_needs_a_token_and_a_gradient(tokens, norm, expected):
+    e = good()
+    first = dataclasses.replace(e.training.steps[0], tokens=tokens, grad_norm=norm)
+    assert status(replace(e, "training", steps=[first, *e.training.steps[1:]]), "training_step") == expected
+
+
+def test_one_planned_epoch_skips_the_epoch_criterion_saying_what_it_needs():
+    e = replace(good(), "training", epochs_planned=1)
+    assert criterion(e, "epochs_complete")[3] == (
+        "1 epoch planned: epoch boundaries need training.epochs >= 2 (the default validation trains 2)"
+    )
