@@ -971,3 +971,18 @@ def test_one_planned_epoch_skips_the_epoch_criterion_saying_what_it_needs():
     assert criterion(e, "epochs_complete")[3] == (
         "1 epoch planned: epoch boundaries need training.epochs >= 2 (the default validation trains 2)"
     )
+
+
+@pytest.mark.parametrize(
+    ("broken", "what"),
+    [
+        (lambda e: setattr(e, "after", None), "after"),
+        (lambda e: setattr(e, "before", replace(e, "before", answers=None).before), "answers"),
+        (lambda e: setattr(e, "after", replace(e, "after", answers=None).after), "answers"),
+    ],
+    ids=["no after", "no answers before", "no answers after"],
+)
+def test_generation_without_its_evidence_names_what_was_not_measured(broken, what):
+    e = good()
+    broken(e)
+    assert criterion(e, "generation") == (SKIPPED, "", "", f"not measured ({what})")
