@@ -986,3 +986,50 @@ def test_generation_without_its_evidence_names_what_was_not_measured(broken, wha
     e = good()
     broken(e)
     assert criterion(e, "generation") == (SKIPPED, "", "", f"not measured ({what})")
+
+
+def test_task_generation_reports_both_accuracies_and_passes_a_gain_exactly_at_its_bound():
+    e = replace(replace(good(), "before", answers=answers(4)), "after", answers=answers(9))
+    assert criterion(e, "generation")[:3] == (
+        PASS,
+        "held-out exact match 40% -> 90% (+50 points; n=10)",
+        ">= +50 points",
+    )
+    e = replace(replace(good(), "before", answers=answers(5)), "after", answers=answers(9))
+    assert criterion(e, "generation")[:2] == (FAIL, "held-out exact match 50% -> 90% (+40 points; n=10)")
+
+
+def test_task_generation_on_one_answer():
+    e = replace(replace(good(), "before", answers=answers(0, n=1)), "after", answers=answers(1, n=1))
+    assert criterion(e, "generation")[:2] == (PASS, "held-out exact match 0% -> 100% (+100 points; n=1)")
+
+
+def free_text_exactly_at_bounds(coherent: int, n: int = 5) -> Evidence:
+    """Free-text answers, ``coherent`` of ``n`` coherent (two of them ending with EOS), and a held-out
+    loss 50 -> 49 per token: exactly the 2% drop asked for."""
+    e = good()
+    e.data_kind = "free_text"
+    fine, looping = "Eat vegetables and sleep well.", "the the the"
+    replies = [Answer("Tips?", "Eat well.", fine if i < coherent else looping, i < 2) for i in range(n)]
+    e = replace(e, "before", held_out=HeldOutLoss([500.0] * 10, [10] * 10), answers=replies[::-1][:n])
+    return replace(e, "after", held_out=HeldOutLoss([490.0] * 10, [10] * 10), answers=replies)
+
+
+def test_free_text_generation_to_the_letter_passes_exactly_at_its_bounds():
+    assert criterion(free_text_exactly_at_bounds(4), "generation") == (
+        PASS,
+        "coherent answers 80% -> 80% (n=5, 2 ended with EOS); held-out response loss -2.0%",
+        ">= 80% coherent; reference answers' loss down >= 2%",
+        "free text has no exact answer: the model must answer coherently and prefer the held-out references more",
+    )
+    assert criterion(free_text_exactly_at_bounds(3), "generation")[:2] == (
+        FAIL,
+        "coherent answers 60% -> 60% (n=5, 2 ended with EOS); held-out response loss -2.0%",
+    )
+
+
+def test_free_text_generation_on_one_answer():
+    assert criterion(free_text_exactly_at_bounds(1, n=1), "generation")[:2] == (
+        PASS,
+        "coherent answers 100% -> 100% (n=1, 1 ended with EOS); held-out response loss -2.0%",
+    )
