@@ -1033,3 +1033,127 @@ def test_free_text_generation_on_one_answer():
         PASS,
         "coherent answers 100% -> 100% (n=1, 1 ended with EOS); held-out response loss -2.0%",
     )
+
+
+@pytest.mark.parametrize(
+    ("check_id", "threshold"),
+    [("first_loss", "a first loss"), ("gradient_norms", "norms of every step"), ("training_step", None)],
+)
+def test_no_completed_step_fails_the_step_criteria_in_their_words(check_id, threshold):
+    got = criterion(replace(good(), "training", steps=[]), check_id)
+    assert got[:2] == (FAIL, "no step completed") and (threshold is None or got[2] == threshold)
+
+
+def test_no_completed_step_fails_the_loss_and_schedule_criteria():
+    e = replace(good(), "training", steps=[])
+    assert criterion(e, "loss_decreases")[::3] == (FAIL, "")
+    assert criterion(e, "lr_schedule")[0] == FAIL
+
+
+def test_a_pretrained_first_loss_exactly_at_its_bound_passes():
+    t = dataclasses.replace(T, first_loss_max_fraction=0.5)
+    e = good()
+    first = dataclasses.replace(e.training.steps[0], loss=math.log(VOCAB) * 0.5)  # exact: a power of two
+    assert criterion(replace(e, "training", steps=[first, *e.training.steps[1:]]), "first_loss", t)[0] == PASS
+
+
+def test_a_random_init_first_loss_is_judged_around_ln_vocab_to_the_letter():
+    e = good()
+    e.load = dataclasses.replace(e.load, random_init=True)
+    first = dataclasses.replace(e.training.steps[0], loss=math.log(VOCAB) * 0.5)
+    e = replace(e, "training", steps=[first, *e.training.steps[1:]])
+    assert criterion(e, "first_loss") == (
+        FAIL,
+        "5.4013 (0.50 x ln(49152))",
+        "random init: within ±10% of ln(vocab) = 10.80",
+        "",
+    )
+    at_bound = dataclasses.replace(T, random_init_first_loss_tolerance=0.5)  # |0.5 - 1| == 0.5 exactly
+    assert criterion(e, "first_loss", at_bound)[0] == PASS
+
+
+@pytest.mark.parametrize("missing", ["training", "after"])
+def test_the_loss_criterion_without_its_evidence_names_what_was_not_measured(missing):
+    e = good()
+    setattr(e, missing, None)
+    assert criterion(e, "loss_decreases")[::3] == (SKIPPED, f"not measured ({missing})")
+
+
+def test_the_loss_criterion_passes_a_ratio_and_a_z_exactly_at_their_bounds():
+    at_ratio = replace(replace(good(), "before", held_out=HeldOutLoss([200.0] * 10, [10] * 10)), "after", held_out=None)
+    at_ratio = replace(at_ratio, "after", held_out=HeldOutLoss([190.0] * 10, [10] * 10))  # 20 -> 19: x0.95
+    assert criterion(at_ratio, "loss_decreases")[0] == PASS
+    at_z = replace(replace(good(), "before", held_out=HeldOutLoss([10.0, 10.0], [1, 1])), "after", held_out=None)
+    at_z = replace(at_z, "after", held_out=HeldOutLoss([8.0, 9.0], [1, 1]))  # drops 2 and 1: z = 3.0
+    assert criterion(at_z, "loss_decreases")[:2] == (
+        PASS,
+        "held-out loss 10.0000 -> 8.5000 (x0.850, 3.0 standard errors; n=2) after 100 steps",
+    )
+
+
+def test_a_random_init_loss_criterion_asks_no_ratio_and_says_so():
+    e = good()
+    e.load = dataclasses.replace(e.load, random_init=True)
+    assert criterion(e, "loss_decreases")[2] == "random init: no ratio asked; >= 3 standard errors, over >= 100 steps"
+
+
+def with_steps(e: Evidence, **changes_by_step) -> Evidence:
+    """``e`` with the fields of step k changed as ``s<k>={...}`` says."""
+    new = [dataclasses.replace(s, **changes_by_step.get(f"s{s.step}", {})) for s in e.training.steps]
+    return replace(e, "training", steps=new)
+
+
+def test_gradient_norms_exactly_at_their_bounds_pass_and_a_norm_at_the_limit_is_not_counted_as_clipped():
+    e = with_steps(good(), s1={"grad_norm": 100.0, "clipped_norm": 1.0}, s2={"grad_norm": 1.0, "clipped_norm": 1.0})
+    assert criterion(e, "gradient_norms")[:2] == (
+        PASS,
+        "pre-clip min 0.5, median 1.5, max 100; clipped to 1 on 50/100 steps",
+    )
+    tiny = dataclasses.replace(T, grad_norm_min=0.5)  # the median is exactly 0.5 when most norms are 0.5
+    low = with_steps(good(), **{f"s{k}": {"grad_norm": 0.5, "clipped_norm": 0.5} for k in range(1, 52)})
+    assert criterion(low, "gradient_norms", tiny)[0] == PASS
+
+
+def test_a_vanishing_norm_reported_as_zero_after_clipping_is_clipping_done_right():
+    e = with_steps(good(), s2={"grad_norm": 1e-13, "clipped_norm": 0.0})
+    assert criterion(e, "gradient_norms")[0] == PASS
+
+
+def test_a_non_finite_norm_has_no_median():
+    e = with_steps(good(), s2={"grad_norm": math.nan, "clipped_norm": math.nan})
+    status_, measured, _, _ = criterion(e, "gradient_norms")
+    assert status_ == FAIL and "median nan" in measured
+
+
+@pytest.mark.parametrize(
+    ("dtype", "suffix"),
+    [("float32", ""), ("bfloat16", " within 0.0078125 (bfloat16)"), ("float64", " within 0.001 (float64)")],
+)
+def test_clipping_is_judged_within_the_rounding_of_the_gradients_dtype(dtype, suffix):
+    e = replace(good(), "training", trainable_dtype=dtype)
+    assert criterion(e, "gradient_norms")[:3] == (
+        PASS,
+        "pre-clip min 0.5, median 1.25, max 2; clipped to 1 on 50/100 steps",
+        "all finite, max <= 100, median >= 1e-06; after clipping = min(norm, 1)" + suffix,
+    )
+
+
+def test_the_schedule_allows_rounding_only():
+    e = with_steps(good(), s1={"lr": 1e-13}, s10={"lr": linear_lr(10) * (1 + 1e-7)})  # step 1's lr is 0
+    assert criterion(e, "lr_schedule")[0] == PASS
+    off = with_steps(good(), s10={"lr": linear_lr(10) * (1 + 1e-5)})
+    assert criterion(off, "lr_schedule")[0] == FAIL
+
+
+def test_a_schedule_mismatch_names_the_reference_up_to_the_last_step_and_nothing_past_it():
+    last = with_steps(good(), s100={"lr": 0.5})
+    assert criterion(last, "lr_schedule")[3] == f"step 100: lr 0.5, transformers gives {linear_lr(100)}"
+    e = good()
+    past = dataclasses.replace(e.training.steps[-1], step=101, lr=0.5)
+    beyond = replace(e, "training", steps=[*e.training.steps, past])
+    assert criterion(beyond, "lr_schedule")[3] == "step 101: lr 0.5, transformers gives nothing (past the end)"
+
+
+def test_a_criterion_carries_its_name_and_level():
+    c = judge_one(CHECKS[0], good(), T)
+    assert (c.id, c.name, c.level) == ("model_loads", "Model loads from the HF cache", "minimum")
