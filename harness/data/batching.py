@@ -161,8 +161,7 @@ def epoch_batches(
         chunk = items[start : start + global_size]
         if len(chunk) < world_size:
             break
-        share = chunk[rank::world_size] if world_size > 1 else chunk
-        batches.append(collate(share, pad_id, pad_to_multiple_of))
+        batches.append(collate(chunk[rank::world_size], pad_id, pad_to_multiple_of))
     return batches
 
 
