@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.data.batching import Batch, collate_packed, epoch_batches, pack_examples, pad_batch
+from harness.data.batching import Batch, collate_packed, epoch_batches, epoch_order, pack_examples, pad_batch
 from harness.data.formatting import IGNORE_INDEX, Example
 
 pytestmark = pytest.mark.unit
@@ -112,3 +112,8 @@ def test_each_rank_gets_its_share_of_every_global_batch_and_a_too_short_last_one
         shares = [example_indices(r[step]) for r in ranks]
         assert sorted(shares[0] + shares[1]) == sorted(example_indices(single[step]))
         assert not set(shares[0]) & set(shares[1])
+
+
+def test_epoch_order_by_default_shuffles_without_grouping():
+    """The TRL engine's sampler calls it with the defaults for the shuffle."""
+    assert epoch_order([i + 1 for i in range(10)], 2, 1, 0) == RECORDED_ORDER[(1, 0, False)]
