@@ -1157,3 +1157,20 @@ def test_a_schedule_mismatch_names_the_reference_up_to_the_last_step_and_nothing
 def test_a_criterion_carries_its_name_and_level():
     c = judge_one(CHECKS[0], good(), T)
     assert (c.id, c.name, c.level) == ("model_loads", "Model loads from the HF cache", "minimum")
+
+
+def test_an_adapter_checkpoint_with_the_right_count_but_a_layer_missing_a_matrix_fails():
+    e = good()
+    names = list(e.saved.tensor_names)
+    names[1] = "base_model.model.lm_head.weight"  # layer 0's lora_B replaced: still 8 tensors
+    assert criterion(replace(e, "saved", tensor_names=names), "checkpoint_saves")[0] == FAIL
+
+
+def test_task_generation_states_its_threshold_and_counts_one_answer_before():
+    t = dataclasses.replace(T, min_accuracy_gain=0.6)
+    e = replace(replace(good(), "before", answers=answers(1, n=1)), "after", answers=answers(1, n=1))
+    assert criterion(e, "generation", t)[:3] == (
+        FAIL,
+        "held-out exact match 100% -> 100% (+0 points; n=1)",
+        ">= +60 points",
+    )
