@@ -159,6 +159,25 @@ def test_training_loss_equals_transformers_own_loss(tiny_model, packed):
     assert ours == pytest.approx(theirs, rel=1e-5)
 
 
+def test_training_loss_gradient_equals_transformers_own(tiny_llama):
+    """The gradient of the summed loss (computed in forward, chunk by chunk) against autograd through
+    ``model(..., labels=...).loss`` times the target count, on every weight of the tiny Llama."""
+    examples = make_examples(12, seed=7, vocab=250)
+    batch = pad_batch(examples, pad_id=2)
+
+    def gradients(loss_of):
+        model = load_model(tiny_llama.path).train()
+        loss_of(model).backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    ours = gradients(lambda m: loss_sum_and_count(m, batch)[0])
+    theirs = gradients(lambda m: m(**batch.inputs, use_cache=False).loss * batch.num_targets)
+    assert ours.keys() == theirs.keys() and len(ours) > 10
+    worst = max(float((ours[n] - theirs[n]).abs().max() / theirs[n].abs().max().clamp(min=1e-12)) for n in ours)
+    print(f"max relative gradient difference over {len(ours)} weights: {worst:.1e}")
+    assert worst < 1e-4
+
+
 def test_pad_batch_equals_transformers_seq2seq_collator(smollm2_tokenizer):
     """Right padding, attention mask and -100 label padding, as transformers' DataCollatorForSeq2Seq
     (the collator the HF Trainer recipes use) builds them."""
