@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,18 @@ def test_out_of_memory_reports_the_peak_in_gb(tmp_path, monkeypatch):
         "step 1: CUDA out of memory (peak 10.00 GB allocated); try a smaller training.batch_size with more "
         "gradient_accumulation_steps, training.gradient_checkpointing: true, or adapter: qlora"
     )
+
+
+def test_a_non_finite_gradient_norm_alone_stops_the_step_naming_it(tmp_path, monkeypatch):
+    """A finite loss with an infinite gradient norm (an overflow in backward) is still a bad step."""
+    run = built(tiny_config(tmp_path, "training.max_steps=2"))
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda parameters, max_norm: torch.tensor(math.inf))
+    with pytest.raises(TrainingError) as caught:
+        run.trainer().train()
+    assert str(caught.value) == "step 1: gradient norm is inf; stopped, no checkpoint was saved yet"
+
+
+def test_the_loss_sum_is_float32_for_bfloat16_hidden_states():
+    hidden = torch.randn(5, 8, dtype=torch.bfloat16)
+    total = harness.training.target_loss_sum(hidden, torch.randn(16, 8, dtype=torch.bfloat16), torch.arange(5))
+    assert total.dtype == torch.float32
