@@ -14,10 +14,10 @@ import torch
 
 import harness.training
 from harness.checkpoint import TrainingState
-from harness.config import load_config
 from harness.data.formatting import Example
 from harness.errors import CheckpointError, TrainingError
 from harness.training import Trainer, _rng_state, _set_rng_state, data_fingerprint, memory_mb
+from tests.unit.test_trainer_plan import plan
 
 pytestmark = pytest.mark.unit
 
@@ -138,19 +138,8 @@ def test_the_data_fingerprint_changes_with_ids_labels_order_and_count(changed):
 
 
 def stand_in_trainer(tmp_path) -> Trainer:
-    """A Trainer over a stand-in linear model: its plan, optimizer and checkpoint logic, no weights."""
-    config = load_config(None, [f"output_dir={tmp_path}", "training.dtype=float32", "training.max_steps=8"])
-    examples = [Example([1, 2, 3], [1, 2, 3])] * 8
-    return Trainer(
-        torch.nn.Linear(2, 2),
-        config,
-        examples,
-        [],
-        pad_id=0,
-        device=torch.device("cpu"),
-        output_dir=tmp_path,
-        base_model_id="org/model",
-    )
+    """A Trainer over a stand-in linear model (test_trainer_plan's), capped at 8 steps."""
+    return plan(tmp_path, "training.max_steps=8")
 
 
 @pytest.mark.parametrize(
