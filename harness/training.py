@@ -60,7 +60,7 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str) -> floa
     cosine 0.5 (1 + cos(pi progress)), constant 1.
     """
     if step < warmup_steps:
-        return step / max(1, warmup_steps)
+        return step / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     if kind == "linear":
         return max(0.0, 1.0 - progress)
@@ -262,13 +262,13 @@ def evaluate_loss(model: Any, batches: list[Batch], device: torch.device | str) 
 
 
 def build_optimizer(model: Any, learning_rate: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; weight decay only on matrices (not on norms or biases); fused kernels on CUDA."""
+    """AdamW; weight decay only on matrices: norm weights and biases, the vectors, are not decayed;
+    fused kernels on CUDA."""
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        (no_decay if parameter.ndim < 2 or "norm" in name or name.endswith(".bias") else decay).append(parameter)
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (no_decay if parameter.ndim < 2 else decay).append(parameter)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=learning_rate, fused=device.type == "cuda")
 

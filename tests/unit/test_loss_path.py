@@ -145,3 +145,29 @@ def test_host_reads_are_per_optimizer_step_not_per_micro_batch(tiny_llama):
         labels = torch.tensor([[1, -100, 3, 4, -100], [-100, 2, 2, 2, 2]])
         assert host_reads(lambda: hidden[labels != -100]) == ["index"]  # the counter sees boolean indexing
         assert host_reads(lambda: float(hidden.sum())) == ["_local_scalar_dense"]
+
+
+def test_without_gradients_every_chunk_is_summed():
+    """Evaluation (no_grad) takes the path that computes no gradient: it must still add all 1.5 chunks."""
+    hidden, weight, targets = inputs(torch.float32)
+    with torch.no_grad():
+        ours = target_loss_sum(hidden, weight, targets)
+        first_chunk = F.cross_entropy(
+            F.linear(hidden, weight)[:LOSS_CHUNK_TOKENS], targets[:LOSS_CHUNK_TOKENS], reduction="sum"
+        )
+        theirs = F.cross_entropy(F.linear(hidden, weight), targets, reduction="sum")
+    print(
+        f"no-grad loss sum {float(ours):.3f}, cross-entropy {float(theirs):.3f}, first chunk {float(first_chunk):.3f}"
+    )
+    assert float(ours) == pytest.approx(float(theirs), rel=1e-6)
+    assert abs(float(first_chunk) - float(theirs)) > 0.1 * float(theirs)  # a missing chunk would show
+
+
+def test_the_training_forward_builds_no_key_value_cache(tiny_llama):
+    """A cache is for generation; in training it only holds every layer's keys and values in memory."""
+    model = load_model(tiny_llama.path)
+    assert model.config.use_cache  # so the body would build one unless told not to
+    outputs = []
+    model.model.register_forward_hook(lambda module, args, output: outputs.append(output))
+    training_step(model, pad_batch(make_examples(2, seed=5), pad_id=2))
+    assert len(outputs) == 1 and outputs[0].cache is None

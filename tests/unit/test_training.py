@@ -99,6 +99,31 @@ def test_training_step_reports_finite_loss_tokens_and_grad_norm(tmp_path):
     assert math.isfinite(result.grad_norm) and result.grad_norm > 0
 
 
+def test_an_accumulated_steps_gradient_and_norm_are_those_of_transformers_loss(tmp_path):
+    """Two micro batches, clipping off: the gradient left for the optimizer is autograd's through
+    transformers' own loss of all the step's target tokens, and the reported norm is its norm. (AdamW
+    is nearly blind to a gradient's scale, so training alone would not show a wrong scaling.)"""
+    run = built(tiny_config(tmp_path))
+    first, second = (pad_batch(run.data.train[start : start + 2], pad_id=2) for start in (0, 2))
+    step = training_step(run.model, [first, second], None, max_grad_norm=1e9)
+    trainable = [(name, p) for name, p in run.model.named_parameters() if p.requires_grad]
+    ours = {name: p.grad.clone() for name, p in trainable}
+    run.model.zero_grad(set_to_none=True)
+    total = first.num_targets + second.num_targets
+    for batch in (first, second):
+        (run.model(**batch.inputs).loss * batch.num_targets / total).backward()
+    theirs = {name: p.grad for name, p in trainable}
+    their_norm = float(torch.nn.utils.get_total_norm(list(theirs.values())))
+    worst = max(float((ours[n] - theirs[n]).abs().max()) for n in theirs) / max(
+        float(g.abs().max()) for g in theirs.values()
+    )
+    print(f"gradient max relative difference {worst:.1e}; norm {step.grad_norm:.6g} vs transformers' {their_norm:.6g}")
+    assert worst < 1e-5  # measured 1e-7 (fp32, 2 threads)
+    assert step.grad_norm == pytest.approx(their_norm, rel=1e-5)
+    assert step.clipped_norm == pytest.approx(their_norm, rel=1e-5)
+    assert step.num_targets == total
+
+
 def test_batch_4_equals_batch_2_with_accumulation_2(tmp_path):
     one = built(tiny_config(tmp_path, "training.max_steps=3", "training.max_grad_norm=1e9"))
     two = built(
@@ -128,6 +153,21 @@ def test_weight_decay_skips_norms_and_biases(tmp_path):
     decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     for name, parameter in run.model.named_parameters():
         assert (id(parameter) in decayed) == ("norm" not in name and parameter.ndim >= 2), name
+    # the configured decay, not AdamW's default of 0.01
+    assert sorted(g["weight_decay"] for g in optimizer.param_groups) == [0.0, 0.1]
+
+
+def test_biases_are_not_decayed():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=True))
+    groups = build_optimizer(model, 1e-3, 0.1, torch.device("cpu")).param_groups
+    assert [(g["weight_decay"], [p.ndim for p in g["params"]]) for g in groups] == [(0.1, [2]), (0.0, [1])]
+
+
+@pytest.mark.parametrize(("device", "fused"), [("cuda", True), ("cpu", False)])
+def test_the_fused_adamw_kernel_is_asked_for_on_cuda_only(device, fused):
+    """(Built on CPU parameters either way: torch has a fused CPU AdamW too, so this runs anywhere.)"""
+    optimizer = build_optimizer(torch.nn.Linear(4, 4), 1e-3, 0.0, torch.device(device))
+    assert bool(optimizer.defaults["fused"]) is fused
 
 
 def test_loss_decreases_and_metrics_are_logged(tmp_path):
@@ -271,5 +311,26 @@ def test_no_target_tokens_is_an_error():
     from harness.training import training_step as step
 
     batch = pad_batch([Example([1, 5, 6], [IGNORE_INDEX] * 3)], pad_id=2)
-    with pytest.raises(TrainingError, match="no target tokens"):
+    with pytest.raises(TrainingError) as caught:
         step(torch.nn.Linear(1, 1), batch)
+    assert str(caught.value) == "batch has no target tokens (every label is masked)"
+
+
+def test_a_step_leaves_no_gradient_behind(tmp_path):
+    """Freed, not zeroed (set_to_none): between steps no gradient memory is held."""
+    run = built(tiny_config(tmp_path))
+    batch = pad_batch(run.data.train[:4], pad_id=2)
+    training_step(run.model, batch, build_optimizer(run.model, 1e-3, 0.0, torch.device("cpu")))
+    assert all(p.grad is None for p in run.model.parameters())
+
+
+def test_a_step_stopped_by_a_non_finite_loss_leaves_no_gradient_behind(tmp_path):
+    """Otherwise a skipped step's nan gradient would be added into the next step's."""
+    run = built(tiny_config(tmp_path))
+    batch = pad_batch(run.data.train[:4], pad_id=2)
+    lora = [p for p in run.model.parameters() if p.requires_grad]
+    with torch.no_grad():
+        lora[0].fill_(float("nan"))
+    with pytest.raises(TrainingError, match="loss is nan"):
+        training_step(run.model, batch, build_optimizer(run.model, 1e-3, 0.0, torch.device("cpu")))
+    assert all(p.grad is None for p in lora)
