@@ -32,9 +32,9 @@ def torchrun(*args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
 
 
-def losses(folder: Path) -> list[float]:
+def losses(folder: Path, key: str = "loss") -> list[float]:
     lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    return [line["loss"] for line in lines if line["type"] == "train"]
+    return [line[key] for line in lines if line["type"] == "train"]
 
 
 def write_config(folder: Path, batch: int) -> Path:
@@ -70,6 +70,11 @@ def test_two_gloo_ranks_match_one_process_with_twice_the_micro_batch(tmp_path, t
     print(f"losses, 2 ranks x batch 2:   {[round(x, 5) for x in two]}  (max relative difference {worst:.1e})")
     assert len(one) == len(two) == 8
     assert worst < 1e-4
+    # AdamW is nearly blind to a gradient's scale; the norm is not (a wrong DDP scaling shows here).
+    norms = zip(losses(tmp_path / "single" / "out", "grad_norm"), losses(tmp_path / "ddp" / "out", "grad_norm"))
+    worst_norm = max(abs(a - b) / a for a, b in norms)
+    print(f"gradient norms: max relative difference {worst_norm:.1e}")
+    assert worst_norm < 1e-4
     checkpoints = sorted(p.name for p in (tmp_path / "ddp" / "out").iterdir() if p.name.startswith("checkpoint-"))
     assert checkpoints == ["checkpoint-000004", "checkpoint-000008"]
     assert (tmp_path / "ddp" / "out" / "adapter_model.safetensors").is_file()
@@ -244,3 +249,29 @@ def test_ranks_draw_their_own_dropout_and_resume_restores_each_ranks_generator(t
     whole, tail = losses(tmp_path / "straight" / "out"), losses(tmp_path / "resumed" / "out")
     print(f"losses straight: {whole}\nlosses resumed at step 2: {tail}")
     assert tail == whole[2:]
+
+
+STOP_ON_RANK_1 = """\
+import os, signal, sys
+import harness.training as training
+from harness.cli import main
+real, calls = training.training_step, []
+def step(*args, **kwargs):
+    calls.append(1)
+    outcome = real(*args, **kwargs)
+    if os.environ["RANK"] == "1" and len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGTERM)  # as if the scheduler had signalled this rank alone
+    return outcome
+training.training_step = step
+sys.exit(main(["train", sys.argv[1]]))
+"""
+
+
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path, tiny_ready):
+    config = write_config(tmp_path / "stop", batch=2)
+    outcomes = two_ranks(sys.executable, "-c", STOP_ON_RANK_1, str(config))
+    assert [code for code, _, _ in outcomes] == [143, 143], [stderr[-2000:] for _, _, stderr in outcomes]
+    assert "interrupted by SIGTERM after step 2" in outcomes[0][2]  # rank 0, which never got the signal, says so
+    out = tmp_path / "stop" / "out"
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-000002"]
+    assert len(losses(out)) == 2

@@ -692,10 +692,14 @@ ORACLE_THRESHOLD = (
 )
 
 
+def judged(evidence: Evidence, check_id: str, thresholds: ValidationSection = T):
+    """One check's criterion, judged the way the report judges it."""
+    return judge_one(next(s for s in CHECKS if s.id == check_id), evidence, thresholds)
+
+
 def oracle_verdict(theirs, *, weight_diff=1e-7, weight_scale=0.5, tolerance=1e-5, ours=(2.0, 1.0, 0.5)):
     evidence = Evidence(oracle=OracleEvidence(list(ours), list(theirs), weight_diff, weight_scale, 3.0))
-    spec = next(s for s in CHECKS if s.id == "oracle_parity")
-    c = judge_one(spec, evidence, dataclasses.replace(ORACLE, oracle_tolerance=tolerance))
+    c = judged(evidence, "oracle_parity", dataclasses.replace(ORACLE, oracle_tolerance=tolerance))
     return c.status, c.measured, c.threshold, c.detail
 
 
@@ -759,8 +763,7 @@ ENGINES_THRESHOLD = "the same steps; every step's loss within 0.001 relative (su
 
 def engines_verdict(ours, theirs, tolerance=1e-3):
     evidence = Evidence(engines=EnginesEvidence(list(ours), list(theirs), False, 40.0))
-    spec = next(s for s in CHECKS if s.id == "engines_agree")
-    c = judge_one(spec, evidence, dataclasses.replace(T, compare_engines=True, engines_tolerance=tolerance))
+    c = judged(evidence, "engines_agree", dataclasses.replace(T, compare_engines=True, engines_tolerance=tolerance))
     return c.status, c.measured, c.threshold, c.detail
 
 
@@ -809,7 +812,7 @@ def test_a_held_out_drop_without_spread_is_infinitely_many_standard_errors():
     """Every example's loss halved: the per-example drops have no spread."""
     e = replace(good(), "before", held_out=HeldOutLoss([100.0] * 20, [10] * 20))
     e = replace(e, "after", held_out=HeldOutLoss([50.0] * 20, [10] * 20))
-    criterion = judge_one(next(s for s in CHECKS if s.id == "loss_decreases"), e, T)
+    criterion = judged(e, "loss_decreases")
     assert criterion.status == PASS
     assert criterion.measured == "held-out loss 10.0000 -> 5.0000 (x0.500, inf standard errors; n=20) after 100 steps"
 
@@ -821,19 +824,19 @@ def test_a_held_out_drop_without_spread_is_infinitely_many_standard_errors():
 )
 def test_a_tokenizer_round_trip_names_the_first_character_that_differs(decoded, where):
     e = replace(good(), "tokenizer", text="Hello world", decoded=decoded)
-    criterion = judge_one(next(s for s in CHECKS if s.id == "tokenizer_roundtrip"), e, T)
+    criterion = judged(e, "tokenizer_roundtrip")
     assert (criterion.status, criterion.detail) == (FAIL, f"first difference at character {where}")
 
 
 def test_task_answers_are_reported_per_family_in_the_order_first_seen():
     replies = answers(9) + [Answer("2 + 2", "4", "5", True, False, "add"), Answer("1 + 1", "2", "2", True, True, "add")]
     e = replace(good(), "after", answers=replies)
-    criterion = judge_one(next(s for s in CHECKS if s.id == "generation"), e, T)
+    criterion = judged(e, "generation")
     assert criterion.detail == "after, per family: sort_numbers 90%, add 50%"
 
 
 def test_a_run_without_a_completed_step_fails_the_training_step():
-    criterion = judge_one(next(s for s in CHECKS if s.id == "training_step"), replace(good(), "training", steps=[]), T)
+    criterion = judged(replace(good(), "training", steps=[]), "training_step")
     assert (criterion.status, criterion.measured, criterion.threshold) == (
         FAIL,
         "no step completed",
@@ -844,7 +847,7 @@ def test_a_run_without_a_completed_step_fails_the_training_step():
 @pytest.mark.parametrize("side", ["before", "after"])
 def test_a_perplexity_not_measured_skips_the_forgetting_guard_naming_the_side(side):
     e = replace(good(), side, reference_perplexity=None)
-    criterion = judge_one(next(s for s in CHECKS if s.id == "forgetting_guard"), e, T)
+    criterion = judged(e, "forgetting_guard")
     assert (criterion.status, criterion.detail) == (SKIPPED, f"not measured ({side})")
 
 
@@ -857,7 +860,7 @@ def test_the_forgetting_guard_passes_a_perplexity_ratio_exactly_at_its_bound():
 
 
 def criterion(evidence: Evidence, check_id: str, thresholds: ValidationSection = T):
-    c = judge_one(next(s for s in CHECKS if s.id == check_id), evidence, thresholds)
+    c = judged(evidence, check_id, thresholds)
     return c.status, c.measured, c.threshold, c.detail
 
 
