@@ -149,6 +149,21 @@ def test_a_non_finite_gradient_norm_alone_stops_the_step_naming_it(tmp_path, mon
     assert str(caught.value) == "step 1: gradient norm is inf; stopped, no checkpoint was saved yet"
 
 
+def test_an_infinite_loss_with_finite_gradients_is_named_with_its_own_value(tmp_path, monkeypatch):
+    """The message quotes the loss, not the (finite) gradient norm."""
+    run = built(tiny_config(tmp_path, "training.max_steps=2"))
+    real = harness.training.loss_sum_and_count
+
+    def infinite(model, batch, grad_scale=1.0):
+        loss_sum, count = real(model, batch, grad_scale)
+        return loss_sum + math.inf, count  # a constant: the gradient stays finite
+
+    monkeypatch.setattr(harness.training, "loss_sum_and_count", infinite)
+    with pytest.raises(TrainingError) as caught:
+        run.trainer().train()
+    assert str(caught.value) == "step 1: loss is inf; stopped, no checkpoint was saved yet"
+
+
 def test_the_loss_sum_is_float32_for_bfloat16_hidden_states():
     hidden = torch.randn(5, 8, dtype=torch.bfloat16)
     total = harness.training.target_loss_sum(hidden, torch.randn(16, 8, dtype=torch.bfloat16), torch.arange(5))
