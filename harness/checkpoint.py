@@ -247,14 +247,18 @@ def load_adapter(base_model: Any, directory: str | Path, *, expected_base: str |
     try:
         return PeftModel.from_pretrained(base_model, str(directory))
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = next((line.strip() for line in first if "size mismatch" in line), first[0] if first else "")
-        raise CheckpointError(f"{directory / ADAPTER_WEIGHTS}: does not fit this model ({detail[:200]})") from None
+        raise CheckpointError(f"{directory / ADAPTER_WEIGHTS}: does not fit this model ({load_failure(exc)})") from None
     except Exception as exc:
         raise CheckpointError(
-            f"{directory}: PEFT could not load the adapter ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200] if str(exc) else ''})"
+            f"{directory}: PEFT could not load the adapter ({type(exc).__name__}: {load_failure(exc)})"
         ) from None
+
+
+def load_failure(exc: BaseException) -> str:
+    """One line of a loader's many-line error, for a one-line message: the first size mismatch (torch
+    lists every mismatched tensor), else the first line, cut at 200 characters."""
+    lines = [line.strip() for line in str(exc).strip().splitlines()]
+    return next((line for line in lines if "size mismatch" in line), lines[0] if lines else "")[:200]
 
 
 def load_weights_into(model: Any, checkpoint_dir: str | Path, *, expected_base: str | None = None) -> None:
@@ -271,8 +275,7 @@ def load_weights_into(model: Any, checkpoint_dir: str | Path, *, expected_base: 
         try:
             result = set_peft_model_state_dict(model, load_file(str(adapter)))
         except RuntimeError as exc:
-            detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc)[:200])
-            raise CheckpointError(f"{adapter}: does not fit this model ({detail[:200]})") from None
+            raise CheckpointError(f"{adapter}: does not fit this model ({load_failure(exc)})") from None
         unexpected = getattr(result, "unexpected_keys", [])
         if unexpected:
             raise CheckpointError(
@@ -292,8 +295,7 @@ def load_weights_into(model: Any, checkpoint_dir: str | Path, *, expected_base: 
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:
-        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc)[:200])
-        raise CheckpointError(f"{full}: does not fit this model ({detail[:200]})") from None
+        raise CheckpointError(f"{full}: does not fit this model ({load_failure(exc)})") from None
     # Strict, except for weights tied to a loaded one (save_pretrained writes a tied LM head once).
     own = model.state_dict()
     loaded = {own[key].data_ptr() for key in state if key in own}

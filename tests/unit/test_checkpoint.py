@@ -16,6 +16,8 @@ from harness.checkpoint import (
     check_adapter_base,
     export_adapter,
     list_checkpoints,
+    load_adapter,
+    load_failure,
     load_training_state,
     load_weights_into,
     save_checkpoint,
@@ -258,3 +260,62 @@ def test_full_weights_of_another_shape_are_named(tmp_path, tiny_llama):
         CheckpointError, match=r"model.safetensors: does not fit this model \(size mismatch.*model.norm"
     ):
         load_weights_into(adapted(tiny_llama, "none"), directory)
+
+
+MISMATCH = "size mismatch for model.norm.weight: copying a param with shape torch.Size([3]), " + "x" * 200
+
+
+@pytest.mark.parametrize(
+    ("message", "line"),
+    [
+        (f"Error(s) in loading state_dict for LlamaModel:\n\t{MISMATCH}\n\tsize mismatch for b", MISMATCH[:200]),
+        ("first line\nsecond line", "first line"),
+        ("  \n  first after blank\nsecond", "first after blank"),
+        ("y" * 300, "y" * 200),
+        ("", ""),
+    ],
+    ids=["the first size mismatch", "else the first line", "blank lines skipped", "cut at 200", "empty"],
+)
+def test_a_load_failure_is_told_in_one_line(message, line):
+    assert load_failure(RuntimeError(message)) == line
+
+
+def raising(error):
+    def load(*args, **kwargs):
+        raise error
+
+    return load
+
+
+@pytest.mark.parametrize(
+    ("error", "told"),
+    [
+        (RuntimeError("no fit\nmore"), "ckpt/adapter_model.safetensors: does not fit this model (no fit)"),
+        (ValueError("bad config\nmore"), "ckpt: PEFT could not load the adapter (ValueError: bad config)"),
+        (KeyError(), "ckpt: PEFT could not load the adapter (KeyError: )"),
+    ],
+)
+def test_loading_an_adapter_names_what_failed_in_one_line(tmp_path, tiny_llama, monkeypatch, error, told):
+    import peft
+
+    directory = save_checkpoint(adapted(tiny_llama), tmp_path / "ckpt")
+    monkeypatch.setattr(peft.PeftModel, "from_pretrained", raising(error))
+    with pytest.raises(CheckpointError) as caught:
+        load_adapter(load_model(tiny_llama.path), directory)
+    assert str(caught.value) == f"{tmp_path}/{told}"
+
+
+def test_loading_weights_names_what_failed_in_one_line(tmp_path, tiny_llama, monkeypatch):
+    import peft
+
+    adapter = save_checkpoint(adapted(tiny_llama), tmp_path / "adapter")
+    monkeypatch.setattr(peft, "set_peft_model_state_dict", raising(RuntimeError("no fit\nmore")))
+    with pytest.raises(CheckpointError) as caught:
+        load_weights_into(adapted(tiny_llama), adapter)
+    assert str(caught.value) == f"{adapter}/adapter_model.safetensors: does not fit this model (no fit)"
+    full = save_checkpoint(adapted(tiny_llama, "none"), tmp_path / "full")
+    model = adapted(tiny_llama, "none")
+    monkeypatch.setattr(model, "load_state_dict", raising(RuntimeError("y" * 300 + "\nmore")))
+    with pytest.raises(CheckpointError) as caught:
+        load_weights_into(model, full)
+    assert str(caught.value) == f"{full}/model.safetensors: does not fit this model ({'y' * 200})"
