@@ -32,7 +32,8 @@ def torchrun(*args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
 
 
-def losses(folder: Path, key: str = "loss") -> list[float]:
+def per_step(folder: Path, key: str = "loss") -> list[float]:
+    """One metric of every training step, from the run's metrics log."""
     lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     return [line[key] for line in lines if line["type"] == "train"]
 
@@ -64,14 +65,14 @@ def test_two_gloo_ranks_match_one_process_with_twice_the_micro_batch(tmp_path, t
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("training 8 steps") == 1 and "x 2 ranks" in done.stdout  # rank 0 alone prints
-    one, two = losses(tmp_path / "single" / "out"), losses(tmp_path / "ddp" / "out")
+    one, two = per_step(tmp_path / "single" / "out"), per_step(tmp_path / "ddp" / "out")
     worst = max(abs(a - b) / a for a, b in zip(one, two, strict=True))
     print(f"losses, 1 process x batch 4: {[round(x, 5) for x in one]}")
     print(f"losses, 2 ranks x batch 2:   {[round(x, 5) for x in two]}  (max relative difference {worst:.1e})")
     assert len(one) == len(two) == 8
     assert worst < 1e-4
     # AdamW is nearly blind to a gradient's scale; the norm is not (a wrong DDP scaling shows here).
-    norms = zip(losses(tmp_path / "single" / "out", "grad_norm"), losses(tmp_path / "ddp" / "out", "grad_norm"))
+    norms = zip(per_step(tmp_path / "single" / "out", "grad_norm"), per_step(tmp_path / "ddp" / "out", "grad_norm"))
     worst_norm = max(abs(a - b) / a for a, b in norms)
     print(f"gradient norms: max relative difference {worst_norm:.1e}")
     assert worst_norm < 1e-4
@@ -246,7 +247,7 @@ def test_ranks_draw_their_own_dropout_and_resume_restores_each_ranks_generator(t
         sys.executable, "-m", "harness", "train", str(resumed), *dropout, "--resume", str(copy)
     ):
         assert code == 0, stderr[-3000:]
-    whole, tail = losses(tmp_path / "straight" / "out"), losses(tmp_path / "resumed" / "out")
+    whole, tail = per_step(tmp_path / "straight" / "out"), per_step(tmp_path / "resumed" / "out")
     print(f"losses straight: {whole}\nlosses resumed at step 2: {tail}")
     assert tail == whole[2:]
 
@@ -274,4 +275,4 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path, tin
     assert "interrupted by SIGTERM after step 2" in outcomes[0][2]  # rank 0, which never got the signal, says so
     out = tmp_path / "stop" / "out"
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-000002"]
-    assert len(losses(out)) == 2
+    assert len(per_step(out)) == 2

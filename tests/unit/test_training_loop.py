@@ -6,6 +6,7 @@ checkpoint the run resumed from as the last good one."""
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import re
@@ -76,25 +77,18 @@ def test_the_result_states_the_plan_it_ran(tmp_path):
 )
 def test_the_trainer_plans_its_epochs_with_the_configs_batching(tmp_path, setting):
     run = built(tiny_config(tmp_path, setting, "dataset.max_length=1024"))  # rows of ~300 tokens: 3 to a pack
-    training, max_length = run.config.training, run.config.dataset.max_length
-    expected = epoch_batches(
+    training = run.config.training
+    epoch_1 = functools.partial(
+        epoch_batches,
         run.data.train,
         batch_size=training.batch_size,
-        max_length=max_length,
-        pad_id=pad_token_id(run.tokenizer),
-        seed=run.config.seed,
-        epoch=1,
-        packing=training.packing,
-        group_by_length=training.group_by_length,
-    )
-    plain = epoch_batches(
-        run.data.train,
-        batch_size=4,
-        max_length=max_length,
+        max_length=run.config.dataset.max_length,
         pad_id=pad_token_id(run.tokenizer),
         seed=run.config.seed,
         epoch=1,
     )
+    expected = epoch_1(packing=training.packing, group_by_length=training.group_by_length)
+    plain = epoch_1()
     shapes = [tuple(b.inputs["input_ids"].shape) for b in run.trainer()._epoch_plan(1)]
     assert shapes == [tuple(b.inputs["input_ids"].shape) for b in expected]
     assert shapes != [tuple(b.inputs["input_ids"].shape) for b in plain]  # the setting is visible
